@@ -1,0 +1,16 @@
+"""flannel-ext: prototype container-network dataplanes on flannel's extension contract.
+
+The public API is this module. Everything under an underscore is internal.
+"""
+from ._cogs.errors import (BatchError, CommandError, ConfigError, FlannelExtError, HookError,
+                           HookLoadError, HookTimeout, PermanentError, StoreError, TemporaryError)
+from ._hooks.base import Hook, HookContext, RemoteLease
+from ._store.lease import Lease, LeaseAttrs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Hook", "HookContext", "RemoteLease", "Lease", "LeaseAttrs",
+    "FlannelExtError", "ConfigError", "HookLoadError", "StoreError", "HookError", "CommandError",
+    "HookTimeout", "TemporaryError", "PermanentError", "BatchError", "__version__",
+]

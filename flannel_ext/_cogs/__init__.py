@@ -1,0 +1,1 @@
+"""Generic utilities with no knowledge of flannel-ext's domain layers."""

@@ -1,0 +1,1 @@
+"""The config layer: net-conf.json parsed and validated exactly as flannel does."""

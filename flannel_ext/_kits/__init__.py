@@ -1,0 +1,1 @@
+"""User-facing tools built on the runtime: CLI, CNI plugin, lab, manifests, lint."""

@@ -1,0 +1,1 @@
+"""The runtime: joins config, a lease store and a hook into a running node."""
