@@ -37,3 +37,126 @@ def underlay(netns_prefix):
     net = Underlay(netns_prefix).create()
     yield net
     net.destroy()
+
+
+class NodeDaemon:
+    """A `flannel-ext run` process inside a namespace, for end-to-end tests.
+
+    ``NodeDaemon(ns, net_conf, store, workdir).start()``; `stop()` sends SIGTERM to its PID
+    (never a pattern kill) and waits. Its log is ``<workdir>/<ns>.log``.
+    """
+
+    def __init__(self, ns: str, net_conf, store: str, workdir, *, iface: str = "eth0", extra=(),
+                 env: dict | None = None):
+        import pathlib
+        self.ns, self.net_conf, self.store = ns, str(net_conf), store
+        self.dir = pathlib.Path(workdir) / ns
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.subnet_file = self.dir / "subnet.env"
+        self.state_dir = self.dir / "state"
+        self.log_path = self.dir / "daemon.log"
+        self.iface, self.extra, self.env = iface, list(extra), env
+        self.proc = None
+
+    @property
+    def argv(self) -> list[str]:
+        import sys
+        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "flannel_ext._kits.cli", "run",
+                "--net-conf", self.net_conf, "--store", self.store, "--iface", self.iface,
+                "--subnet-file", str(self.subnet_file), "--state-dir", str(self.state_dir),
+                "--node-name", self.ns, "--hook-backoff", "0.2", *self.extra]
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> "NodeDaemon":
+        import os
+        import subprocess
+        env = {**os.environ, **(self.env or {})}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        wait_for(lambda: self.subnet_file.exists() or self.proc.poll() is not None, timeout)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon in {self.ns} exited {self.proc.returncode}:\n{self.log()}")
+        wait_for(lambda: (self.state_dir / "stats.json").exists(), timeout)
+
+    def subnet_env(self) -> dict[str, str]:
+        lines = self.subnet_file.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    @property
+    def subnet(self) -> str:
+        import ipaddress
+        return str(ipaddress.ip_network(self.subnet_env()["FLANNEL_SUBNET"], strict=False))
+
+    def stats(self) -> dict:
+        import json
+        try:
+            return json.loads((self.state_dir / "stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def signal(self, sig) -> None:
+        import os
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        import signal as _signal
+        import subprocess
+        if not self.proc:
+            return None
+        self.signal(_signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll until `predicate()` is truthy; returns its value, or raises AssertionError."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def ip_json(ns: str, *args: str):
+    """`ip -j ARGS` inside namespace `ns`, parsed."""
+    import json
+    import subprocess
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+def routes(ns: str) -> list[dict]:
+    return ip_json(ns, "route", "show")
+
+
+@pytest.fixture
+def daemons():
+    """Collects NodeDaemon objects; every one still running is stopped at teardown."""
+    started: list[NodeDaemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()

@@ -1,0 +1,139 @@
+"""`--healthz-port`: flannel's /healthz and /readyz, plus Prometheus /metrics.
+
+Semantics follow flanneld (compat §6 step 4): /healthz is 200 ``flanneld is running`` as
+long as the process serves HTTP; /readyz is 200 ``flanneld is ready`` once subnet.env is
+written (``NodeStats.ready``) and 503 before. /metrics is rendered at scrape time from
+the same `NodeStats`, through a private registry, so several servers (tests, the lab's
+nodes in one process) never collide in prometheus_client's global registry.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .._cogs.errors import ConfigError
+from .._runtime.stats import NodeStats
+
+
+class StatsCollector:
+    """A prometheus_client collector that reads a `NodeStats` on every scrape."""
+
+    def __init__(self, stats: NodeStats):
+        self.stats = stats
+
+    def collect(self):
+        snap = self.stats.snapshot()    # one consistent copy under the stats lock
+        families = [
+            ("flannel_ext_hook_calls", "Hook calls, by flannel hook name.", "hook_calls"),
+            ("flannel_ext_hook_failures", "Hook calls that failed, by hook.", "hook_failures"),
+            ("flannel_ext_hook_duration_seconds", "Total seconds spent in hook calls, by hook.",
+             "hook_seconds"),
+        ]
+        for name, doc, key in families:
+            family = CounterMetricFamily(name, doc, labels=["hook"])
+            for hook, value in sorted(snap[key].items()):
+                family.add_metric([hook], value)
+            yield family
+        rejected = CounterMetricFamily("flannel_ext_leases_rejected",
+                                       "Leases the store could not use, by reason.", labels=["reason"])
+        for reason, value in sorted(snap["rejected"].items()):
+            rejected.add_metric([reason], value)
+        yield rejected
+        yield GaugeMetricFamily("flannel_ext_leases_known", "Remote leases currently known.",
+                                value=snap["leases_known"])
+        yield GaugeMetricFamily("flannel_ext_retries_pending", "Failed hook calls waiting for a retry.",
+                                value=snap["retries_pending"])
+        yield GaugeMetricFamily("flannel_ext_ready", "1 once subnet.env is written (what /readyz reports).",
+                                value=1 if snap["ready"] else 0)
+        last = GaugeMetricFamily("flannel_ext_last_reconcile_timestamp_seconds",
+                                 "UNIX time of the last finished reconcile (absent before the first).")
+        if snap["last_reconcile"] is not None:
+            last.add_metric([], snap["last_reconcile"])
+        yield last
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._reply(200, b"flanneld is running")
+        elif path == "/readyz":
+            if self.server.stats.ready:
+                self._reply(200, b"flanneld is ready")
+            else:
+                self._reply(503, b"flanneld is not ready")
+        elif path == "/metrics":
+            self._reply(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        else:
+            self._reply(404, b"404 page not found")
+
+    def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # probes every few seconds: keep the log quiet
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, stats: NodeStats):
+        self.stats = stats
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(stats))
+        if ":" in address[0]:        # --healthz-ip may be an IPv6 address
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class HealthServer:
+    """Serve /healthz, /readyz and /metrics for `stats` on host:port (port 0 = any free port)."""
+
+    def __init__(self, stats: NodeStats, host: str = "0.0.0.0", port: int = 0):
+        self.stats, self.host, self._port = stats, host, port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one once started with port 0)."""
+        return self._server.server_address[1] if self._server else self._port
+
+    def start(self) -> "HealthServer":
+        if self._server:
+            return self
+        try:
+            self._server = _Server((self.host, self._port), self.stats)
+        except OSError as exc:
+            raise ConfigError("--healthz-port", None, f"{self.host}:{self._port}",
+                              f"cannot listen: {exc.strerror}",
+                              "pick a free port or stop what holds it") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="healthz",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._server:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> "HealthServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

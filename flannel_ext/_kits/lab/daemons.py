@@ -1,0 +1,119 @@
+"""One `flannel-ext run` per node, started inside the node namespace like a DaemonSet pod.
+
+``ip netns exec <ns> flannel-ext run ...`` execs in place, so the recorded PID is the
+daemon itself. Its stderr goes to ``nodes/<node>/flannel-ext.log``; it writes
+``subnet.env`` when its lease is ready and ``state/stats.json`` as it works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from ..cni import CniError, parse_subnet_env
+from .state import Lab, LabError, Node
+from .topology import alive, ip_json
+
+
+def run_argv(lab: Lab, node: Node) -> list[str]:
+    """The daemon's command line; the node dir in it is the marker `alive()` checks."""
+    return [sys.executable, "-m", "flannel_ext._kits.cli", "run",
+            "--net-conf", lab.net_conf, "--store", lab.store, "--iface", "eth0",
+            "--subnet-file", lab.subnet_env(node.name), "--state-dir", lab.state_dir(node.name),
+            "--node-name", node.name, "--log-format", "json", "--release-lease-on-exit",
+            *(["--watch"] if lab.watch else [])]
+
+
+def marker(lab: Lab, node: Node) -> str:
+    return lab.subnet_env(node.name)
+
+
+def start(lab: Lab, node: Node) -> int:
+    os.makedirs(lab.state_dir(node.name), exist_ok=True)
+    with open(lab.log_file(node.name), "ab") as log:
+        proc = subprocess.Popen(["ip", "netns", "exec", node.ns, *run_argv(lab, node)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                cwd=lab.node_dir(node.name), start_new_session=True)
+    node.pid = proc.pid
+    return proc.pid
+
+
+def running(lab: Lab, node: Node) -> bool:
+    return alive(node.pid, marker(lab, node))
+
+
+def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
+    try:
+        with open(lab.log_file(node), encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return "(no log)"
+
+
+def read_subnet(lab: Lab, node: Node) -> str:
+    """The node's lease (subnet network) from its subnet.env, or "" while it has none."""
+    try:
+        env = parse_subnet_env(lab.subnet_env(node.name))
+    except CniError:
+        return ""
+    return env["subnets"][0] if env["subnets"] else ""
+
+
+def wait_leases(lab: Lab, nodes: list[Node], timeout: float) -> None:
+    """Wait until every node has written subnet.env; fail early if a daemon dies."""
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        for node in list(pending):
+            node.subnet = read_subnet(lab, node)
+            if node.subnet:
+                pending.remove(node)
+            elif not running(lab, node):
+                raise LabError(f"flannel-ext on node {node.name} exited before writing subnet.env; "
+                               f"its log ({lab.log_file(node.name)}) ends:\n{log_tail(lab, node.name)}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"no lease after {timeout:g}s on {', '.join(n.name for n in pending)}; "
+                           f"see `flannel-ext lab logs --name {lab.name} {pending[0].name}`")
+        if pending:
+            time.sleep(0.05)
+
+
+def read_stats(lab: Lab, node: str) -> dict | None:
+    try:
+        with open(os.path.join(lab.state_dir(node), "stats.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def missing_routes(lab: Lab, nodes: list[Node] | None = None) -> dict[str, list[str]]:
+    """node -> the other nodes' subnets it has no kernel route to (main table)."""
+    nodes = list(lab.nodes.values()) if nodes is None else nodes
+    subnets = {n.name: n.subnet for n in lab.nodes.values() if n.subnet}
+    missing = {}
+    for node in nodes:
+        have = {r.get("dst") for r in ip_json(node.ns, "route", "show")}
+        lack = [s for name, s in subnets.items() if name != node.name and s not in have]
+        if lack:
+            missing[node.name] = lack
+    return missing
+
+
+def wait_routes(lab: Lab, timeout: float, gone: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Wait until every node routes to every other subnet and to none in `gone`.
+
+    Returns what is still wrong at the deadline (empty when converged); the caller decides
+    whether that is fatal, since the matrix that follows says more than a timeout does.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        wrong = missing_routes(lab)
+        for node in lab.nodes.values():
+            stale = {r.get("dst") for r in ip_json(node.ns, "route", "show")} & set(gone)
+            if stale:
+                wrong.setdefault(node.name, []).extend(f"stale {s}" for s in sorted(stale))
+        if not wrong or time.monotonic() > deadline:
+            return wrong
+        time.sleep(0.05)

@@ -1,0 +1,246 @@
+"""The dispatcher: drives each remote subnet from what is programmed to what is desired.
+
+Level-triggered, per subnet: a slot holds the lease we want (`desired`) and the lease the
+kernel has (`programmed`). The next step is Remove(programmed) when they differ (so a
+changed lease gets Remove with its *old* data, then Add with the new), or Add(desired).
+This gives the runtime's promises without special cases:
+  * one call in flight per subnet, so events for a subnet are never reordered;
+  * a failure only delays that subnet (capped exponential backoff), never the others;
+  * a Remove that arrives while an Add retry waits simply makes the slot idle;
+  * many ready subnets go to the hook as one batch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from .._cogs.errors import TemporaryError
+from .._hooks.base import RemoteLease
+from .calls import HookCaller
+from .stats import NodeStats
+
+log = logging.getLogger("flannel_ext.dispatch")
+
+
+def same_lease(a: RemoteLease | None, b: RemoteLease | None) -> bool:
+    """Equal as far as programming is concerned (the parsed `data` is derived)."""
+    if a is None or b is None:
+        return a is b
+    return (a.subnet, a.ipv6_subnet, a.public_ip, a.public_ipv6, a.backend_type, a.backend_data_raw) == \
+           (b.subnet, b.ipv6_subnet, b.public_ip, b.public_ipv6, b.backend_type, b.backend_data_raw)
+
+
+@dataclass
+class Backoff:
+    initial: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    attempts: int = 10          # tries per change before giving up (0 = forever)
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.initial * self.factor ** max(0, attempt - 1))
+
+
+@dataclass
+class Slot:
+    key: str
+    desired: RemoteLease | None = None
+    programmed: RemoteLease | None = None
+    reassert: bool = False      # programmed per a previous run: run Add again anyway
+    attempts: int = 0
+    not_before: float = 0.0
+    in_flight: bool = False
+    gave_up: bool = False
+
+    def next_step(self) -> tuple[str, RemoteLease] | None:
+        if self.programmed is not None and not same_lease(self.desired, self.programmed):
+            return "remove", self.programmed
+        if self.desired is not None and (self.programmed is None or self.reassert):
+            return "add", self.desired
+        return None
+
+
+class Dispatcher:
+    def __init__(self, caller: HookCaller, stats: NodeStats, *, backoff: Backoff | None = None,
+                 batch_size: int = 1024, concurrency: int = 4,
+                 on_programmed: Callable[[dict[str, RemoteLease]], None] | None = None):
+        self.caller, self.stats = caller, stats
+        self.backoff = backoff or Backoff()
+        self.batch_size = batch_size
+        # Python hooks get one batch at a time (recipes need not be thread-safe);
+        # shell batches may overlap, each already parallel inside.
+        self.concurrency = concurrency if caller.self_managed else 1
+        self.on_programmed = on_programmed
+        self.slots: dict[str, Slot] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._paused = False
+        self._busy = 0
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dispatch")
+
+    # --- inputs -------------------------------------------------------------------
+    def set_desired(self, key: str, lease: RemoteLease | None) -> None:
+        with self._cond:
+            slot = self.slots.get(key) or self.slots.setdefault(key, Slot(key))
+            if not same_lease(slot.desired, lease):
+                slot.desired = lease
+                slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
+            self._cond.notify_all()
+
+    def desired_keys(self) -> set[str]:
+        with self._cond:
+            return {k for k, s in self.slots.items() if s.desired is not None}
+
+    def load_programmed(self, programmed: dict[str, RemoteLease], *, reassert: bool = True) -> None:
+        """Seed from a previous run's state file (before any event is applied)."""
+        with self._cond:
+            for key, lease in programmed.items():
+                slot = self.slots.setdefault(key, Slot(key))
+                slot.programmed, slot.reassert = lease, reassert
+            self._cond.notify_all()
+
+    def forget_programmed(self) -> None:
+        """After a hook reload: the new dataplane starts empty, so every lease is added again."""
+        with self._cond:
+            for slot in self.slots.values():
+                slot.programmed, slot.reassert = None, False
+                slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
+            self._dirty = True
+            self._cond.notify_all()
+
+    def programmed(self) -> dict[str, RemoteLease]:
+        with self._cond:
+            return {k: s.programmed for k, s in self.slots.items() if s.programmed is not None}
+
+    # --- control ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        """Stop starting new calls and wait for those in flight (used around a reload)."""
+        with self._cond:
+            self._paused = True
+            while self._busy:
+                self._cond.wait(0.1)
+
+    def resume(self, caller: HookCaller | None = None) -> None:
+        with self._cond:
+            if caller is not None:
+                self.caller = caller
+            self._paused = False
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.pause()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._flush()
+
+    def idle(self) -> bool:
+        """True when nothing is in flight or ready to run now."""
+        with self._cond:
+            now = time.monotonic()
+            return self._busy == 0 and not any(
+                s.next_step() and not s.gave_up and s.not_before <= now for s in self.slots.values())
+
+    # --- the loop -----------------------------------------------------------------
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._stop:
+                wait = self._dispatch_ready()
+                self._cond.wait(wait)
+                if self._dirty and self._busy == 0:
+                    self._cond.release()
+                    try:
+                        self._flush()
+                    finally:
+                        self._cond.acquire()
+
+    def _dispatch_ready(self) -> float:
+        """Start batches for ready slots; returns how long to sleep. Holds the lock."""
+        if self._paused or self._busy >= self.concurrency:
+            return 1.0
+        now = time.monotonic()
+        batches: dict[str, list[RemoteLease]] = {"remove": [], "add": []}
+        wake = 1.0
+        pending = 0
+        for slot in self.slots.values():
+            step = slot.next_step()
+            if step is None or slot.in_flight or slot.gave_up:
+                continue
+            if slot.attempts:
+                pending += 1
+            if slot.not_before > now:
+                wake = min(wake, slot.not_before - now)
+                continue
+            kind, lease = step
+            if len(batches[kind]) < self.batch_size:
+                batches[kind].append(lease)
+                slot.in_flight = True
+        self.stats.retries_pending = pending
+        for kind in ("remove", "add"):
+            if batches[kind]:
+                self._busy += 1
+                self._pool.submit(self._run_batch, kind, batches[kind])
+        return wake
+
+    def _run_batch(self, kind: str, leases: list[RemoteLease]) -> None:
+        try:
+            results = self.caller.apply(kind, leases)
+        except BaseException as exc:  # noqa: BLE001 - never lose the slot's in_flight flag
+            results = {lease.key: exc for lease in leases}
+        with self._cond:
+            now = time.monotonic()
+            for lease in leases:
+                slot = self.slots[lease.key]
+                slot.in_flight = False
+                error = results.get(lease.key)
+                if error is None:
+                    self._succeeded(slot, kind, lease)
+                else:
+                    self._failed(slot, kind, lease, error, now)
+                if slot.desired is None and slot.programmed is None:
+                    del self.slots[lease.key]
+            self._busy -= 1
+            self._dirty = True
+            self._cond.notify_all()
+
+    def _succeeded(self, slot: Slot, kind: str, lease: RemoteLease) -> None:
+        slot.programmed = lease if kind == "add" else None
+        slot.reassert = False
+        slot.attempts, slot.not_before = 0, 0.0
+
+    def _failed(self, slot: Slot, kind: str, lease: RemoteLease, error: BaseException, now: float) -> None:
+        slot.attempts += 1
+        temporary = getattr(error, "temporary", True)
+        limit = self.backoff.attempts
+        if not temporary or (limit and slot.attempts >= limit):
+            slot.gave_up = True
+            why = "permanent error" if not temporary else f"{slot.attempts} attempts"
+            log.error("giving up on %s %s after %s: %s", kind, lease.key, why, error)
+            if kind == "remove":
+                slot.programmed = None  # unknown kernel state; do not retry forever
+            return
+        delay = error.delay if isinstance(error, TemporaryError) and error.delay else \
+            self.backoff.delay(slot.attempts)
+        slot.not_before = now + delay
+        log.warning("%s %s failed (attempt %d), retrying in %.1fs: %s", kind, lease.key,
+                    slot.attempts, delay, error)
+
+    def _flush(self) -> None:
+        with self._cond:
+            self._dirty = False
+            programmed = {k: s.programmed for k, s in self.slots.items() if s.programmed is not None}
+        if self.on_programmed:
+            self.on_programmed(programmed)

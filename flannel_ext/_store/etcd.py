@@ -1,0 +1,358 @@
+"""The etcd lease store: flannel's etcd v3 registry, key for key and byte for byte.
+
+Layout under the prefix (default `/coreos.com/network`): `<prefix>/config` holds the
+net-conf JSON; `<prefix>/subnets/<a.b.c.d>-<len>[&<v6>-<len>]` holds `LeaseAttrs.to_json()`
+attached to its own etcd lease of `ttl` seconds (a fresh grant on every create/update).
+
+Where flannel is fragile we are not: a lost create race (`subnet already exists`, fatal
+in flanneld) tries the next candidate; an unparsable key or value is one REJECTED event,
+not a Reset that removes every lease. See Documentation/stores.md.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+from .._cogs.errors import LeaseConflict, OutOfSubnets, StoreError
+from .allocate import out_of_subnets, plan_acquire
+from .base import DEFAULT_TTL, AcquireRequest, Snapshot
+from .etcd_watch import Gateway, WatchStream, b64, parse_endpoints, prefix_end, unb64
+from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/coreos.com/network"
+RACE_ROUNDS = 10          # re-plans after losing every candidate (flannel's raceRetries)
+HEARTBEAT = 1.0           # an empty batch at least this often, so the caller sees `stop`
+PROBE_AFTER = 5.0         # a quiet stream is checked with a cheap call after this long
+BACKOFF = (0.1, 5.0)      # reconnect delay, doubling (flannel's watch backoff)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One key under subnets/ with the etcd metadata acquire needs."""
+
+    key: str
+    lease: Lease | None          # None when the key or value does not parse
+    reason: str = ""
+    mod_revision: int = 0
+    create_revision: int = 0
+    lease_id: int = 0
+
+
+class EtcdStore:
+    """LeaseStore over etcd's JSON gRPC gateway (etcd >= 3.3). Thread-safe for one watcher."""
+
+    def __init__(self, gateway: Gateway, prefix: str = DEFAULT_PREFIX, *, resolve_ttl: bool = True):
+        self.gateway = gateway
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self._subnets = f"{self.prefix}/subnets/".encode()
+        self.resolve_ttl = resolve_ttl
+        self._lock = threading.Lock()
+        self._cache: dict[str, Lease] = {}       # last seen lease per key (for REMOVED attrs)
+        self._rejected: set[str] = set()          # keys whose entry did not parse
+        self._expiry: dict[int, float] = {}       # etcd lease ID -> absolute expiry
+        self._granted: dict[str, int] = {}        # key -> etcd lease ID this store granted
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, keyfile: str | None = None,
+                 certfile: str | None = None, cafile: str | None = None, username: str | None = None,
+                 password: str | None = None, timeout: float = 5.0, resolve_ttl: bool = True,
+                 **ignored) -> "EtcdStore":
+        """`etcd://h:p[,h:p]` or flanneld's `--etcd-endpoints` list of http(s) URLs.
+
+        Other stores' options (a CLI passes all its flags) are ignored.
+        """
+        if ignored:
+            log.debug("etcd store ignores options %s", sorted(ignored))
+        endpoints = parse_endpoints(url, tls=bool(certfile or cafile))
+        gateway = Gateway(endpoints, cafile=cafile, certfile=certfile, keyfile=keyfile,
+                          username=username, password=password, timeout=timeout)
+        return cls(gateway, prefix or DEFAULT_PREFIX, resolve_ttl=resolve_ttl)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def network_config(self) -> str | None:
+        reply = self.gateway.call("/kv/range", {"key": b64(f"{self.prefix}/config")})
+        kvs = reply.get("kvs") or []
+        return unb64(kvs[0].get("value", "")).decode("utf-8", "replace") if kvs else None
+
+    def _read(self) -> tuple[dict[str, _Entry], int]:
+        reply = self.gateway.call("/kv/range", {"key": b64(self._subnets),
+                                                "range_end": b64(prefix_end(self._subnets))})
+        entries = [self._entry(kv) for kv in reply.get("kvs") or []]
+        if self.resolve_ttl:
+            self._resolve_expiries({e.lease_id for e in entries if e.lease_id})
+        entries = [self._with_expiry(e) for e in entries]
+        live = {e.lease_id for e in entries} | set(self._granted.values())
+        self._expiry = {i: t for i, t in self._expiry.items() if i in live}   # bounded by the keys
+        return {e.key: e for e in entries}, int(reply["header"]["revision"])
+
+    def _entry(self, kv: dict) -> _Entry:
+        key = unb64(kv["key"])[len(self._subnets):].decode("utf-8", "replace")
+        meta = dict(mod_revision=int(kv.get("mod_revision", 0)), lease_id=int(kv.get("lease", 0)),
+                    create_revision=int(kv.get("create_revision", 0)))
+        try:
+            subnet, ipv6_subnet = parse_subnet_key(key)
+            attrs = LeaseAttrs.from_json(unb64(kv.get("value", "")))
+        except ValueError as exc:
+            return _Entry(key, None, str(exc), **meta)
+        return _Entry(key, Lease(subnet, attrs, ipv6_subnet), **meta)
+
+    def _resolve_expiries(self, lease_ids: set[int]) -> None:
+        # flannel never extends a lease (each renewal is a new grant), so an ID's expiry is
+        # fixed: ask once per ID, in parallel for a big first list.
+        todo = [i for i in lease_ids if i not in self._expiry]
+        if not todo:
+            return
+        now = time.time()
+        ask = lambda i: self.gateway.call("/kv/lease/timetolive", {"ID": i})  # noqa: E731
+        if len(todo) == 1:
+            replies = [ask(todo[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                replies = list(pool.map(ask, todo))
+        for lease_id, reply in zip(todo, replies):
+            self._expiry[lease_id] = now + max(0, int(reply.get("TTL", -1)))
+
+    def _with_expiry(self, entry: _Entry) -> _Entry:
+        if entry.lease is None or not entry.lease_id or entry.lease_id not in self._expiry:
+            return entry
+        lease = Lease(entry.lease.subnet, entry.lease.attrs, entry.lease.ipv6_subnet,
+                      self._expiry[entry.lease_id])
+        return _Entry(entry.key, lease, entry.reason, entry.mod_revision, entry.create_revision, entry.lease_id)
+
+    def list(self) -> Snapshot:
+        """Every lease at one revision; also seeds the cache the watch diffs against."""
+        entries, revision = self._read()
+        leases = [e.lease for e in entries.values() if e.lease is not None]
+        rejected = [LeaseEvent.rejected(e.key, e.reason) for e in entries.values() if e.lease is None]
+        with self._lock:
+            self._cache = {lease.key: lease for lease in leases}
+            self._rejected = {ev.key for ev in rejected}
+        return Snapshot(leases, revision, rejected)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _put(self, lease: Lease, ttl: float, compare: dict) -> Lease | None:
+        """Put `lease` under a fresh etcd lease if `compare` holds; None if it does not."""
+        key = b64(self._subnets + lease.key.encode())
+        lease_id = 0
+        if ttl > 0:
+            grant = self.gateway.call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
+            lease_id = int(grant["ID"])
+        put = {"key": key, "value": b64(lease.attrs.to_json())}
+        if lease_id:
+            put["lease"] = lease_id
+        reply = self.gateway.call("/kv/txn", {"compare": [dict(compare, key=key)],
+                                              "success": [{"request_put": put}],
+                                              "failure": [{"request_range": {"key": key}}]})
+        if not reply.get("succeeded"):
+            kvs = (reply.get("responses") or [{}])[0].get("response_range", {}).get("kvs") or []
+            # A retried txn whose first try did land (timeout, failover) finds our own put.
+            if not (lease_id and kvs and int(kvs[0].get("lease", 0)) == lease_id):
+                self._revoke(lease_id)
+                return None
+        old = self._granted.pop(lease.key, 0)
+        if lease_id:
+            self._granted[lease.key] = lease_id
+            self._expiry[lease_id] = time.time() + math.ceil(ttl)
+        if old and old != lease_id:
+            self._revoke(old)   # ours and now unused: don't leave it to expire
+        return Lease(lease.subnet, lease.attrs, lease.ipv6_subnet,
+                     time.time() + math.ceil(ttl) if lease_id else None)
+
+    def _revoke(self, lease_id: int) -> None:
+        if not lease_id:
+            return
+        try:
+            self.gateway.call("/kv/lease/revoke", {"ID": lease_id})
+        except StoreError as exc:   # expired already, or etcd away: it expires on its own
+            log.debug("revoking etcd lease %x: %s", lease_id, exc)
+
+    def _delete(self, key: str) -> None:
+        self.gateway.call("/kv/deleterange", {"key": b64(self._subnets + key.encode())})
+        self._revoke(self._granted.pop(key, 0))
+
+    def acquire(self, request: AcquireRequest) -> Lease:
+        """flannel's tryAcquireLease, but a lost create race tries the next candidate."""
+        config = request.config
+        for _ in range(RACE_ROUNDS):
+            entries, _ = self._read()
+            plan = plan_acquire(request, [e.lease for e in entries.values() if e.lease is not None])
+            for stale in plan.delete:
+                log.info("deleting our incompatible lease %s", stale.key)
+                self._delete(stale.key)
+            if plan.reuse is not None:
+                entry = entries[plan.reuse.key]
+                # A reservation (a key with no etcd lease) stays one, as in flannel.
+                ttl = request.ttl if entry.lease_id else 0
+                got = self._put(plan.reuse.with_attrs(request.attrs), ttl,
+                                {"target": "MOD", "result": "EQUAL", "mod_revision": entry.mod_revision})
+                if got is not None:
+                    return got
+                continue   # it changed behind our back: plan again
+            if out_of_subnets(plan, config):
+                raise OutOfSubnets(f"no free subnet left in {config.network or config.ipv6_network} "
+                                   f"({len(entries)} leases in etcd at {', '.join(self.gateway.endpoints)})")
+            v4 = plan.candidates if config.enable_ipv4 else [None] * len(plan.ipv6_candidates)
+            v6 = plan.ipv6_candidates if config.enable_ipv6 else [None] * len(v4)
+            for subnet, ipv6_subnet in zip(v4, v6):
+                lease = Lease(subnet, request.attrs, ipv6_subnet)
+                got = self._put(lease, request.ttl, {"target": "VERSION", "result": "EQUAL", "version": 0})
+                if got is not None and (ipv6_subnet is None or subnet is None or self._won_dual(got)):
+                    return got
+                log.info("subnet %s was taken concurrently; trying the next candidate", lease.key)
+        raise LeaseConflict(f"lost the race for every free subnet {RACE_ROUNDS} times")
+
+    def _won_dual(self, ours: Lease) -> bool:
+        # A dual-stack key only guards the exact v4&v6 pair, so two nodes can hold the same
+        # v4 with different v6 halves. The older key wins; the newer one steps aside.
+        entries, _ = self._read()
+        mine = entries.get(ours.key)
+        if mine is None:
+            return False
+        for entry in entries.values():
+            other = entry.lease
+            if (other is not None and entry.key != ours.key and entry.create_revision < mine.create_revision
+                    and (other.subnet == ours.subnet or other.ipv6_subnet == ours.ipv6_subnet)):
+                self._delete(ours.key)
+                return False
+        return True
+
+    def renew(self, lease: Lease, ttl: float = DEFAULT_TTL) -> Lease:
+        """A new grant and the same value (flannel's renewLease); recreates an expired key."""
+        value = b64(lease.attrs.to_json())
+        for compare in ({"target": "VALUE", "result": "EQUAL", "value": value},
+                        {"target": "VERSION", "result": "EQUAL", "version": 0}):
+            got = self._put(lease, ttl, compare)
+            if got is not None:
+                return got
+        raise LeaseConflict(f"lease {lease.key} now holds another node's value; acquire again")
+
+    def release(self, lease: Lease) -> None:
+        self._delete(lease.key)
+
+    def close(self) -> None:
+        self.gateway.close()
+
+    # -- watch -------------------------------------------------------------------------
+
+    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+        """Events after `revision`; reconnects with backoff; re-lists after compaction."""
+        next_rev, delay, stream = revision + 1, BACKOFF[0], None
+        quiet_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                if stream is None:
+                    stream = WatchStream(self.gateway, self._subnets, prefix_end(self._subnets), next_rev)
+                    quiet_since = time.monotonic()
+                try:
+                    kind, item = stream.queue.get(timeout=HEARTBEAT)
+                except queue.Empty:
+                    if time.monotonic() - quiet_since > PROBE_AFTER:
+                        quiet_since = time.monotonic()
+                        if not self._alive():
+                            stream.close()   # its reader reports eof; we reconnect below
+                    yield []
+                    continue
+                quiet_since = time.monotonic()
+                result = item.get("result", {}) if kind == "msg" else {}
+                if kind == "eof" or "error" in item:
+                    log.info("etcd watch lost (%s); reconnecting in %.1fs", item, delay)
+                    stream.close()
+                    stream = None
+                    yield from _pause(delay, stop)
+                    delay = min(delay * 2, BACKOFF[1])
+                    continue
+                delay = BACKOFF[0]
+                if result.get("canceled") or int(result.get("compact_revision", 0)):
+                    stream.close()
+                    stream = None
+                    try:
+                        batch, next_rev = self._resync(result)
+                    except StoreError as exc:   # etcd went away while we re-list: try again
+                        log.info("etcd re-list failed: %s", exc)
+                        yield from _pause(delay, stop)
+                        delay = min(delay * 2, BACKOFF[1])
+                        continue
+                    yield batch
+                    continue
+                batch = []
+                for event in result.get("events", []):
+                    batch.extend(self._event(event))
+                    next_rev = max(next_rev, int(event["kv"].get("mod_revision", 0)) + 1)
+                if batch:
+                    yield batch
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _alive(self) -> bool:
+        try:
+            self.gateway.call("/kv/range", {"key": b64(self._subnets), "count_only": True})
+            return True
+        except StoreError:
+            return False
+
+    def _resync(self, result: dict) -> tuple[list[LeaseEvent], int]:
+        """History is gone (compaction): list again and report the difference."""
+        log.info("etcd watch canceled (compacted at %s, %s); listing again",
+                 result.get("compact_revision"), result.get("cancel_reason", ""))
+        with self._lock:
+            old = dict(self._cache)
+        snap = self.list()
+        batch = [LeaseEvent.removed(lease) for key, lease in old.items() if key not in self._cache]
+        batch += [LeaseEvent.added(lease) for lease in snap.leases
+                  if lease.key not in old or old[lease.key].attrs != lease.attrs]
+        return batch + snap.rejected, snap.revision
+
+    def _event(self, event: dict) -> list[LeaseEvent]:
+        entry = self._entry(event["kv"])
+        with self._lock:
+            if event.get("type") == "DELETE":
+                cached = self._cache.pop(entry.key, None)
+                if entry.key in self._rejected:
+                    self._rejected.discard(entry.key)
+                    if cached is None:
+                        return []
+                if cached is None:
+                    try:   # never seen: flannel's attr-less Removed
+                        subnet, ipv6_subnet = parse_subnet_key(entry.key)
+                    except ValueError:
+                        return []
+                    cached = Lease(subnet, LeaseAttrs(), ipv6_subnet)
+                return [LeaseEvent.removed(cached)]
+        if entry.lease is None:
+            with self._lock:
+                self._rejected.add(entry.key)   # a previously good lease stays cached
+            return [LeaseEvent.rejected(entry.key, entry.reason)]
+        if self.resolve_ttl and entry.lease_id:
+            try:
+                self._resolve_expiries({entry.lease_id})
+            except StoreError as exc:
+                log.debug("lease TTL of %s: %s", entry.key, exc)
+        lease = self._with_expiry(entry).lease
+        with self._lock:
+            self._cache[entry.key] = lease
+            self._rejected.discard(entry.key)
+        return [LeaseEvent.added(lease)]
+
+
+def _pause(seconds: float, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    """Sleep for the backoff, yielding heartbeats so the caller can still stop us."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if stop.wait(min(left, HEARTBEAT)):
+            return
+        if deadline - time.monotonic() > 0:
+            yield []

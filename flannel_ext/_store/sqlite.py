@@ -1,0 +1,405 @@
+"""A single-host lease store in SQLite, safe across processes (labs, tests, demos).
+
+Layout: `leases` holds the live entries (value = flannel's LeaseAttrs JSON); `events` is
+an append-only log (rev AUTOINCREMENT) so `watch(revision)` can replay what happened
+after a `list()`. History beyond `history` events is trimmed; a watcher that fell off it
+re-lists and diffs, as flannel's LeaseWatcher.Reset does.
+
+Concurrency: every write is one `BEGIN IMMEDIATE` transaction (one writer at a time,
+others wait in busy_timeout), in WAL mode so readers never block writers.
+
+TTL: expired rows are invisible, and any operation or watcher wakeup moves them into
+'expire' events inside a write transaction, so every watcher reports REMOVED.
+
+Watch wakeups: inotify on the DB's directory (a commit writes `<db>-wal`; our writers
+also touch `<db>-notify` after COMMIT, which is a definite post-commit signal), checked
+with `PRAGMA data_version`, plus a 1 s fallback poll and the earliest expiration.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .._cogs import inotify
+from .._cogs.errors import LeaseConflict, OutOfSubnets, StoreError
+from .allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
+from .base import DEFAULT_TTL, AcquireRequest, Snapshot
+from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key, subnet_key
+
+DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
+HISTORY = 10000
+HEARTBEAT = 1.0   # a watch yields at least this often, so the caller can check `stop`
+SETTLE = 0.02     # re-check this soon after a wakeup that showed no commit yet
+BUSY_TIMEOUT = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, value TEXT NOT NULL,
+    expiration REAL, revision INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS leases_expiration ON leases(expiration) WHERE expiration IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('put', 'delete', 'expire')), value TEXT, expiration REAL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _parse_row(key: str, value: str, expiration: float | None) -> Lease:
+    """A Lease from a stored row; raises ValueError naming what is wrong."""
+    subnet, ipv6 = parse_subnet_key(key)
+    attrs = LeaseAttrs.from_json(value)
+    return Lease(subnet if subnet.prefixlen else None, attrs, ipv6, expiration)
+
+
+def _parse(key: str, value: str, expiration: float | None) -> Lease | LeaseEvent:
+    try:
+        return _parse_row(key, value, expiration)
+    except ValueError as exc:
+        return LeaseEvent.rejected(key, str(exc))
+
+
+class SqliteStore:
+    """The LeaseStore protocol over one SQLite file. See the module docstring."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *,
+                 ttl_clock: Callable[[], float] = time.time, history: int = HISTORY):
+        self.path = Path(path)
+        self.clock = ttl_clock
+        self.history = history
+        self._notify_path = Path(f"{self.path}-notify")
+        self._lock = threading.Lock()
+        # The last few list() results by revision: a watch from that revision diffs
+        # against exactly what the caller saw if history is already gone.
+        self._snapshots: dict[int, dict[str, Lease]] = {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+
+    @classmethod
+    def from_url(cls, url: str, **options) -> "SqliteStore":
+        """`sqlite:PATH` (an empty PATH means the default)."""
+        rest = url.split(":", 1)[1]
+        rest = rest[2:] if rest.startswith("//") else rest  # sqlite:///abs/path works too
+        return cls(rest or DEFAULT_PATH, **options)
+
+    # -- connections and transactions -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        # Switching to WAL needs a moment alone with the file; busy_timeout covers the race.
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; wakes watchers after COMMIT if anything changed."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+        if conn.total_changes != before:
+            try:  # open+close gives IN_CLOSE_WRITE, which lands strictly after the commit
+                with open(self._notify_path, "a"):
+                    pass
+            except OSError:
+                pass
+
+    @contextmanager
+    def _read(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent WAL snapshot for several SELECTs."""
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+
+    # -- primitives (called inside a write transaction) -------------------------------
+
+    def _event(self, conn, key: str, type_: str, value: str | None, expiration: float | None) -> int:
+        rev = conn.execute("INSERT INTO events (key, type, value, expiration) VALUES (?, ?, ?, ?)",
+                           (key, type_, value, expiration)).lastrowid
+        cut = rev - self.history
+        if cut > 0 and conn.execute("DELETE FROM events WHERE rev <= ?", (cut,)).rowcount:
+            conn.execute("INSERT INTO meta VALUES ('compacted', ?) ON CONFLICT(name) DO UPDATE "
+                         "SET value = max(value, excluded.value)", (cut,))
+        return rev
+
+    def _put(self, conn, key: str, value: str, expiration: float | None) -> None:
+        rev = self._event(conn, key, "put", value, expiration)
+        conn.execute("INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                      "value = excluded.value, expiration = excluded.expiration, "
+                      "revision = excluded.revision", (key, value, expiration, rev))
+
+    def _delete(self, conn, key: str, type_: str = "delete") -> bool:
+        row = conn.execute("DELETE FROM leases WHERE key = ? RETURNING value, expiration",
+                           (key,)).fetchone()
+        if row:
+            self._event(conn, key, type_, row[0], row[1])
+        return row is not None
+
+    def _sweep_in(self, conn, now: float) -> int:
+        keys = [k for (k,) in conn.execute(
+            "SELECT key FROM leases WHERE expiration <= ? ORDER BY expiration", (now,))]
+        for key in keys:
+            self._delete(conn, key, "expire")
+        return len(keys)
+
+    def _sweep(self, conn) -> bool:
+        """Expire due rows; a cheap read first so a quiet store never takes the write lock."""
+        now = self.clock()
+        if conn.execute("SELECT 1 FROM leases WHERE expiration <= ? LIMIT 1", (now,)).fetchone():
+            with self._write(conn):
+                return self._sweep_in(conn, now) > 0
+        return False
+
+    def _rows(self, conn) -> tuple[list[Lease], list[LeaseEvent]]:
+        leases, rejected = [], []
+        now = self.clock()
+        for key, value, exp in conn.execute(
+                "SELECT key, value, expiration FROM leases WHERE expiration IS NULL "
+                "OR expiration > ? ORDER BY key", (now,)):
+            item = _parse(key, value, exp)
+            (rejected if isinstance(item, LeaseEvent) else leases).append(item)
+        return leases, rejected
+
+    @staticmethod
+    def _revision(conn) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0
+
+    @staticmethod
+    def _compacted(conn) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'compacted'").fetchone()
+        return row[0] if row else 0
+
+    def _expiry(self, ttl: float | None) -> float | None:
+        return self.clock() + ttl if ttl else None
+
+    # -- LeaseStore ---------------------------------------------------------------------
+
+    def network_config(self) -> str | None:
+        return None
+
+    def acquire(self, request: AcquireRequest) -> Lease:
+        conn = self._conn
+        with self._lock, self._write(conn):
+            self._sweep_in(conn, self.clock())
+            leases, rejected = self._rows(conn)
+            # A garbage value still holds its subnet: count it as someone else's lease.
+            for bad in rejected:
+                try:
+                    v4, v6 = parse_subnet_key(bad.key)
+                except ValueError:
+                    continue
+                leases.append(Lease(v4 if v4.prefixlen else None, LeaseAttrs(public_ip=""), v6))
+            plan = plan_acquire(request, leases)
+            for lease in plan.delete:
+                self._delete(conn, lease.key)
+            value = request.attrs.to_json()
+            if plan.reuse is not None:
+                # flannel keeps a reservation (no expiry) a reservation.
+                exp = None if plan.reuse.expiration is None else self._expiry(request.ttl)
+                lease = Lease(plan.reuse.subnet, request.attrs, plan.reuse.ipv6_subnet, exp)
+            elif out_of_subnets(plan, request.config):
+                v6 = bool(plan.candidates) or not request.config.enable_ipv4
+                first, last, length = (ipv6_subnet_range if v6 else subnet_range)(request.config)
+                raise OutOfSubnets(f"out of subnets: no free /{length} between {first} and "
+                                   f"{last} in {self.path}")
+            else:
+                lease = Lease(plan.candidates[0] if plan.candidates else None, request.attrs,
+                              plan.ipv6_candidates[0] if plan.ipv6_candidates else None,
+                              self._expiry(request.ttl))
+            self._put(conn, lease.key, value, lease.expiration)
+        return lease
+
+    def renew(self, lease: Lease, ttl: float = DEFAULT_TTL) -> Lease:
+        conn = self._conn
+        with self._lock, self._write(conn):
+            self._sweep_in(conn, self.clock())
+            row = conn.execute("SELECT value FROM leases WHERE key = ?", (lease.key,)).fetchone()
+            if row:
+                item = _parse(lease.key, row[0], None)
+                if isinstance(item, LeaseEvent) or item.attrs.public_ip != lease.attrs.public_ip:
+                    raise LeaseConflict(f"lease {lease.key} in {self.path} now belongs to "
+                                        f"another node; acquire a new one")
+            # Like flannel's Grant + Put: an expired lease that nobody took is re-created.
+            renewed = Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, self._expiry(ttl))
+            self._put(conn, lease.key, lease.attrs.to_json(), renewed.expiration)
+        return renewed
+
+    def release(self, lease: Lease) -> None:
+        self.delete_key(lease.key)
+
+    def list(self) -> Snapshot:
+        conn = self._conn
+        with self._lock:
+            self._sweep(conn)
+            with self._read(conn):
+                leases, rejected = self._rows(conn)
+                revision = self._revision(conn)
+            self._snapshots[revision] = {lease.key: lease for lease in leases}
+            while len(self._snapshots) > 4:
+                del self._snapshots[min(self._snapshots)]
+        return Snapshot(leases, revision, rejected)
+
+    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+        with self._lock:
+            known = self._snapshots.get(revision)
+        return _Watcher(self, revision, None if known is None else dict(known)).run(stop)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- helpers for tests and tools ----------------------------------------------------
+
+    def put_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Write a lease as is (another node's, a reservation...); `ttl` overrides its expiry."""
+        stored = Lease(lease.subnet, lease.attrs, lease.ipv6_subnet,
+                       self._expiry(ttl) if ttl else lease.expiration)
+        self.put_raw(stored.key, stored.attrs.to_json(), expiration=stored.expiration)
+        return stored
+
+    def put_raw(self, key: str, value_text: str, *, expiration: float | None = None) -> None:
+        """Write any text under any key (e.g. garbage, to test rejection)."""
+        with self._lock, self._write(self._conn):
+            self._put(self._conn, key, value_text, expiration)
+
+    def delete_key(self, key: str) -> bool:
+        """Delete one entry; True if it existed. Watchers see REMOVED."""
+        with self._lock, self._write(self._conn):
+            self._sweep_in(self._conn, self.clock())
+            return self._delete(self._conn, key)
+
+
+class _Watcher:
+    """One watch: its own connection and inotify, and the leases it has reported."""
+
+    def __init__(self, store: SqliteStore, revision: int, known: dict[str, Lease] | None):
+        self.store, self.rev, self.known = store, revision, known
+        self.bad: dict[str, str] = {}  # rejected key -> reason, as reported
+
+    def run(self, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+        store = self.store
+        conn = store._connect()
+        notifier = None
+        try:
+            notifier = inotify.Inotify()
+            notifier.add_watch(store.path.parent)
+        except OSError:
+            notifier = None  # e.g. inotify limits reached: the 1 s poll still works
+        prefix = store.path.name
+        try:
+            last_version, last_yield, check = None, 0.0, True
+            while not stop.is_set():
+                batch: list[LeaseEvent] = []
+                if check:
+                    swept = store._sweep(conn)
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if swept or version != last_version or self.known is None:
+                        last_version = version
+                        batch = self._step(conn)
+                now = time.monotonic()
+                if batch or now - last_yield >= HEARTBEAT:
+                    last_yield = now
+                    yield batch
+                    if stop.is_set():
+                        return
+                timeout = max(0.0, HEARTBEAT - (time.monotonic() - last_yield))
+                nxt = conn.execute("SELECT min(expiration) FROM leases").fetchone()[0]
+                if nxt is not None:
+                    timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
+                if notifier is None:
+                    time.sleep(timeout)
+                    check = True
+                    continue
+                events = notifier.wait(timeout)
+                ours = [name for name, _ in events if name.startswith(prefix) or not name]
+                check = bool(ours) or not events
+                if ours and conn.execute("PRAGMA data_version").fetchone()[0] == last_version:
+                    # A WAL write can wake us before the commit is visible: look again soon.
+                    notifier.wait(SETTLE)
+        finally:
+            if notifier is not None:
+                notifier.close()
+            conn.close()
+
+    def _step(self, conn) -> list[LeaseEvent]:
+        with self.store._read(conn):
+            head = SqliteStore._revision(conn)
+            if self.rev >= head and self.known is not None:
+                return []
+            if self.rev < SqliteStore._compacted(conn) or (self.known is None and self.rev > head):
+                return self._reset(conn, head)
+            rows = conn.execute("SELECT rev, key, type, value, expiration FROM events "
+                                "WHERE rev > ? ORDER BY rev", (self.rev,)).fetchall()
+            if self.known is None:
+                current, _ = self.store._rows(conn)
+        batch = [event for row in rows for event in self._apply(*row[1:])]
+        if self.known is None:
+            # State after these events is the current state: track that from now on.
+            self.known = {lease.key: lease for lease in current}
+        self.rev = head
+        return batch
+
+    def _apply(self, key, type_, value, expiration) -> list[LeaseEvent]:
+        known = self.known if self.known is not None else {}
+        if type_ == "put":
+            item = _parse(key, value, expiration)
+            if isinstance(item, LeaseEvent):
+                self.bad[key] = item.reason
+                return [item]  # the old lease (if any) stays: garbage never removes a lease
+            self.bad.pop(key, None)
+            known[key] = item
+            return [LeaseEvent.added(item)]
+        self.bad.pop(key, None)
+        lease = known.pop(key, None)
+        if lease is None:
+            item = _parse(key, value or "", expiration)
+            if isinstance(item, LeaseEvent):
+                return []  # an entry nobody was told about (garbage) went away
+            lease = item
+        return [LeaseEvent.removed(lease)]
+
+    def _reset(self, conn, head: int) -> list[LeaseEvent]:
+        """History is gone: diff the current state against what we reported (Reset)."""
+        current, rejected = self.store._rows(conn)
+        now = {lease.key: lease for lease in current}
+        bad = {event.key for event in rejected}
+        old = self.known or {}
+        batch = [LeaseEvent.removed(lease) for key, lease in old.items()
+                 if key not in now and key not in bad]
+        batch += [LeaseEvent.added(lease) for key, lease in now.items()
+                  if old.get(key) is None or old[key].attrs != lease.attrs]
+        batch += [event for event in rejected if self.bad.get(event.key) != event.reason]
+        self.bad = {event.key: event.reason for event in rejected}
+        self.known = {**{k: v for k, v in old.items() if k in bad}, **now}
+        self.rev = head
+        return batch

@@ -1,0 +1,219 @@
+"""vxlan as a Python hook, leaving the kernel as flannel's native vxlan backend does (compat §7).
+
+* pre_startup: device ``flannel.<VNI>`` (id VNI, dev = external interface, local = public
+  IP, learning off, dstport = Port or the kernel's 8472, MTU = base MTU − 50). A matching
+  device is reused, so a restart keeps its MAC; a mismatching one is recreated. Returns
+  the device MAC, which becomes our backend data.
+* post_startup: address ``<subnet IP>/32`` (other IPv4 addresses removed), link up.
+* per remote node: permanent neighbour ``<subnet IP> lladdr <VTEP MAC>``, FDB ``<VTEP MAC>
+  dst <public IP> self permanent``, ``route replace <subnet> via <subnet IP> onlink``; with
+  DirectRouting and an on-link public IP, only ``route replace <subnet> via <public IP>``.
+* shutdown: deletes the device (flannel never tears down; flannel-ext's ShutdownCommand does).
+
+Options (Backend keys, case-insensitive): VNI (1), Port (0 = kernel default 8472),
+MTU (base MTU, default the interface's; the device gets MTU − 50), DirectRouting (false).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flannel_ext import Hook, HookContext, PermanentError, RemoteLease, TemporaryError
+
+from . import _netlink
+
+VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+KERNEL_DEFAULT_PORT = 8472
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _option(options: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A Backend key, matched case-insensitively as Go's encoding/json does."""
+    for key, value in options.items():
+        if key.lower() == name.lower():
+            return value
+    return default
+
+
+def _flag(value: Any) -> bool:
+    return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
+
+
+class VxlanHook(Hook):
+    description = "VXLAN overlay like flannel's native vxlan (flannel.<VNI>, neigh+FDB+route per node)"
+    # Native vxlan leases carry {"VNI":1,"VtepMAC":"…"}: accepting them allows mixed clusters.
+    accepts_backend_types = ("extension", "vxlan")
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__(options)
+        self.vni = int(_option(self.options, "VNI", 1) or 1)
+        self.port = int(_option(self.options, "Port", 0) or 0)
+        self.base_mtu = int(_option(self.options, "MTU", 0) or 0)
+        self.direct_routing = _flag(_option(self.options, "DirectRouting", False))
+        if not 0 < self.vni < 1 << 24:
+            raise ValueError(f"VNI must be between 1 and 16777215, got {self.vni}")
+        if not 0 <= self.port < 1 << 16:
+            raise ValueError(f"Port must be between 0 and 65535, got {self.port}")
+        self.device = f"flannel.{self.vni}"
+
+    # --- lifecycle -----------------------------------------------------------------
+    def pre_startup(self, ctx: HookContext) -> str:
+        with IPRoute() as ipr:
+            return self._ensure_device(ipr, ctx).get("address")
+
+    def post_startup(self, ctx: HookContext) -> None:
+        with IPRoute() as ipr:
+            index = self._ensure_device(ipr, ctx)["index"]
+            if ctx.subnet is not None:
+                own = str(ctx.subnet.network_address)
+                # Add ours before removing the others: dropping a device's last address
+                # makes the kernel flush every route through it.
+                ipr.addr("replace", index=index, address=own, prefixlen=32)
+                for addr in ipr.addr("dump", index=index, family=2):
+                    if (addr.get("IFA_ADDRESS"), addr["prefixlen"]) != (own, 32):
+                        ipr.addr("del", index=index, address=addr.get("IFA_ADDRESS"),
+                                 prefixlen=addr["prefixlen"])
+            ipr.link("set", index=index, state="up")
+
+    def shutdown(self, ctx: HookContext) -> None:
+        with IPRoute() as ipr:
+            try:
+                ipr.link("del", ifname=self.device)
+            except NetlinkError as exc:
+                if exc.code != 19:          # ENODEV: already gone
+                    raise
+
+    def mtu(self, ctx: HookContext) -> int:
+        return self._base_mtu(ctx) - VXLAN_OVERHEAD
+
+    # --- remote leases -------------------------------------------------------------
+    def subnet_add(self, lease: RemoteLease, ctx: HookContext) -> None:
+        self._apply("replace", [lease], ctx)
+
+    def subnet_remove(self, lease: RemoteLease, ctx: HookContext) -> None:
+        self._apply("del", [lease], ctx)
+
+    def subnet_add_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        self._apply("replace", leases, ctx)
+
+    def subnet_remove_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        self._apply("del", leases, ctx)
+
+    def parse_backend_data(self, lease: RemoteLease) -> str:
+        """The VTEP MAC from a MAC string or flannel's ``{"VNI":1,"VtepMAC":"…"}``."""
+        value: Any = lease.backend_data
+        if lease.backend_data_raw:
+            value = json.loads(lease.backend_data_raw)
+        if isinstance(value, dict):
+            vni = _option(value, "VNI", self.vni)
+            if vni != self.vni:
+                raise ValueError(f"remote VNI {vni!r} differs from ours ({self.vni})")
+            value = _option(value, "VtepMAC", "")
+        mac = value.strip().lower() if isinstance(value, str) else ""
+        if not _MAC.match(mac) or int(mac[:2], 16) & 1:
+            raise ValueError(f"backend data is not a unicast VTEP MAC: {value!r}")
+        return mac
+
+    # --- internals -----------------------------------------------------------------
+    def _apply(self, op: str, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        dev = _netlink.ifindex(self.device)
+        if dev is None:
+            if op == "del":
+                return                      # no device, nothing of ours can exist
+            raise TemporaryError(f"vxlan: device {self.device} is missing; restart the daemon "
+                                 "so pre_startup recreates it")
+        ext = _netlink.ifindex(ctx.iface) if ctx.iface else None
+        prefixes = []
+        if self.direct_routing and ext is not None:
+            with IPRoute() as ipr:
+                prefixes = _netlink.connected_prefixes(ipr, ext)
+        failures: dict[str, BaseException] = {}
+        with _netlink.Batch() as batch:
+            for lease in leases:
+                if lease.subnet is None:
+                    continue
+                key, sip = _netlink.key_of(lease), str(lease.subnet.network_address)
+                try:
+                    mac = self._mac(lease)
+                except ValueError as exc:
+                    if op == "replace":
+                        failures[key] = PermanentError(f"vxlan: {lease.subnet}: {exc}")
+                        continue
+                    mac = None              # still remove the route and neighbour
+                if op == "replace" and prefixes and _netlink.on_link(lease.public_ip, prefixes):
+                    batch.route(op, key, lease.subnet, gateway=lease.public_ip, oif=ext)
+                elif op == "replace":
+                    batch.neigh(op, key, dev, sip, mac)
+                    batch.fdb(op, key, dev, mac, lease.public_ip)
+                    batch.route(op, key, lease.subnet, gateway=sip, oif=dev, onlink=True)
+                else:
+                    batch.route(op, key, lease.subnet, oif=dev)
+                    if self.direct_routing:
+                        batch.route(op, key, lease.subnet, gateway=lease.public_ip)
+                    batch.neigh(op, key, dev, sip)
+                    if mac:
+                        batch.fdb(op, key, dev, mac, lease.public_ip)
+            for key, errors in batch.commit().items():
+                failures[key] = _netlink.lease_error(errors)
+        _netlink.raise_failures(failures, leases)
+
+    def _mac(self, lease: RemoteLease) -> str:
+        data = lease.data
+        return data if isinstance(data, str) and _MAC.match(data) else self.parse_backend_data(lease)
+
+    def _base_mtu(self, ctx: HookContext, ipr: IPRoute | None = None) -> int:
+        if self.base_mtu:
+            return self.base_mtu
+        index = _netlink.ifindex(ctx.iface) if ctx.iface else None
+        if index is None:
+            return ctx.iface_mtu
+        if ipr is None:
+            with IPRoute() as own:
+                return own.link("get", index=index)[0].get("mtu")
+        return ipr.link("get", index=index)[0].get("mtu")
+
+    def _ensure_device(self, ipr: IPRoute, ctx: HookContext):
+        """The vxlan device as configured: reused if it matches, else (re)created."""
+        link_index = _netlink.ifindex(ctx.iface) if ctx.iface else None
+        if link_index is None:
+            raise PermanentError(f"vxlan: external interface {ctx.iface!r} not found; "
+                                 "start the daemon with --iface set to the underlay interface")
+        link = _get_link(ipr, self.device)
+        if link is not None:
+            data = link.get("IFLA_LINKINFO").get("IFLA_INFO_DATA") \
+                if link.get("IFLA_LINKINFO").get("IFLA_INFO_KIND") == "vxlan" else None
+            wanted = (self.vni, link_index, self.port or KERNEL_DEFAULT_PORT, 0)
+            if data is None or wanted != (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LINK"),
+                                          data.get("IFLA_VXLAN_PORT"), data.get("IFLA_VXLAN_LEARNING")):
+                ctx.log.info("vxlan: %s does not match the configuration; recreating it", self.device)
+                ipr.link("del", index=link["index"])
+                link = None
+            elif ctx.public_ip and data.get("IFLA_VXLAN_LOCAL") != ctx.public_ip:
+                # The kernel changes `local` in place, which keeps the advertised MAC.
+                ipr.link("set", index=link["index"], kind="vxlan", vxlan_local=ctx.public_ip)
+        if link is None:
+            spec = dict(ifname=self.device, kind="vxlan", vxlan_id=self.vni, vxlan_link=link_index,
+                        vxlan_learning=0)
+            if ctx.public_ip:
+                spec["vxlan_local"] = ctx.public_ip
+            if self.port:
+                spec["vxlan_port"] = self.port
+            ipr.link("add", **spec)
+            link = _get_link(ipr, self.device)
+        mtu = self._base_mtu(ctx, ipr) - VXLAN_OVERHEAD
+        if link.get("mtu") != mtu:
+            ipr.link("set", index=link["index"], mtu=mtu)
+        return link
+
+
+def _get_link(ipr: IPRoute, name: str):
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == 19:                  # ENODEV
+            return None
+        raise

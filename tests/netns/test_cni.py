@@ -1,0 +1,204 @@
+"""flannel-ext-cni invoked exactly as a runtime would, with the real bridge/host-local.
+
+The plugin runs under ``ip netns exec <node>`` so the bridge is made in a test "node"
+namespace; the "pod" namespace gets the veth. Everything lives under `netns_prefix`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from flannel_ext._cogs.netns import create_netns, sh
+from flannel_ext._kits import cni
+
+CNI_PATH = "/usr/lib/cni"
+SUBNET_ENV = "FLANNEL_NETWORK=10.199.0.0/16\nFLANNEL_SUBNET=10.199.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n"
+
+
+def _plugin() -> str:
+    path = shutil.which("flannel-ext-cni")
+    assert path, "flannel-ext-cni console script not installed (pip install -e .)"
+    return path
+
+
+def invoke(node: str | None, command: str, conf, *, cid="c1", netns="", ifname="eth0",
+           cni_path=CNI_PATH, drop=()):
+    """Run the plugin; returns (exit code, parsed stdout or None)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
+           "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": cni_path}
+    for key in drop:
+        env.pop(key)
+    argv = [_plugin()] if node is None else ["ip", "netns", "exec", node, _plugin()]
+    data = conf if isinstance(conf, (str, bytes)) else json.dumps(conf)
+    proc = subprocess.run(argv, input=data if isinstance(data, bytes) else data.encode(),
+                          capture_output=True, env=env, timeout=60)
+    out = proc.stdout.decode().strip()
+    return proc.returncode, (json.loads(out) if out else None)
+
+
+def _ipj(ns: str, *args: str):
+    return json.loads(sh(["ip", "-n", ns, "-j", *args]).stdout or "[]")
+
+
+@pytest.fixture
+def pod_env(netns_prefix, tmp_path):
+    node = create_netns(f"{netns_prefix}node")
+    pod = create_netns(f"{netns_prefix}pod")
+    (tmp_path / "subnet.env").write_text(SUBNET_ENV)
+    conf = {"cniVersion": "1.0.0", "name": f"{netns_prefix}net", "type": "flannel",
+            "subnetFile": str(tmp_path / "subnet.env"), "dataDir": str(tmp_path / "cni"),
+            "ipam": {"dataDir": str(tmp_path / "ipam")}, "delegate": {"hairpinMode": True}}
+    return node, pod, conf, tmp_path
+
+
+def test_add_check_del_as_a_runtime(pod_env):
+    node, pod, conf, tmp = pod_env
+    root_had_cni0 = sh(["ip", "link", "show", "cni0"], check=False).returncode == 0
+    netns = f"/run/netns/{pod}"
+
+    rc, result = invoke(node, "ADD", conf, netns=netns)
+    assert rc == 0, result
+    ip = ipaddress.ip_interface(result["ips"][0]["address"])
+    assert ip in ipaddress.ip_network("10.199.3.0/24") and ip.ip != ipaddress.ip_address("10.199.3.1")
+    assert result["ips"][0]["gateway"] == "10.199.3.1"
+
+    # The delegate config flannel would build, saved for DEL.
+    saved = json.loads((tmp / "cni" / "c1").read_text())
+    assert saved["type"] == "bridge" and saved["isGateway"] is True and saved["hairpinMode"] is True
+    assert saved["ipMasq"] is False and saved["mtu"] == 1400 and saved["name"] == conf["name"]
+    assert saved["ipam"]["ranges"] == [[{"subnet": "10.199.3.0/24"}]]
+    assert saved["ipam"]["routes"] == [{"dst": "10.199.0.0/16"}]
+
+    # Pod side: address, MTU, the route to the cluster network via the bridge.
+    eth0 = _ipj(pod, "addr", "show", "eth0")[0]
+    assert eth0["mtu"] == 1400
+    assert {(a["local"], a["prefixlen"]) for a in eth0["addr_info"] if a["family"] == "inet"} == \
+        {(str(ip.ip), 24)}
+    routes = _ipj(pod, "route")
+    assert {"dst": "10.199.0.0/16", "gateway": "10.199.3.1"}.items() <= \
+        next(r for r in routes if r["dst"] == "10.199.0.0/16").items()
+
+    # Node side: cni0 with the gateway address and MTU, the veth enslaved with hairpin on.
+    cni0 = _ipj(node, "addr", "show", "cni0")[0]
+    assert cni0["mtu"] == 1400
+    assert ("10.199.3.1", 24) in {(a["local"], a["prefixlen"]) for a in cni0["addr_info"]}
+    ports = json.loads(sh(["ip", "netns", "exec", node, "bridge", "-j", "-d", "link"]).stdout)
+    assert len(ports) == 1 and ports[0]["master"] == "cni0" and ports[0].get("hairpin") is True
+    # The root namespace was not touched.
+    assert (sh(["ip", "link", "show", "cni0"], check=False).returncode == 0) == root_had_cni0
+    assert (tmp / "ipam" / conf["name"] / str(ip.ip)).exists()
+
+    rc, out = invoke(node, "CHECK", {**conf, "prevResult": result}, netns=netns)
+    assert rc == 0, out
+
+    # DEL works from the saved config even with subnet.env gone (a restart, a new lease).
+    (tmp / "subnet.env").unlink()
+    rc, out = invoke(node, "DEL", conf, netns=netns)
+    assert rc == 0, out
+    assert json.loads(sh(["ip", "netns", "exec", node, "bridge", "-j", "link"]).stdout) == []
+    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+    assert not (tmp / "ipam" / conf["name"] / str(ip.ip)).exists()
+    assert not (tmp / "cni" / "c1").exists()
+    # DEL again (and for a container never added) succeeds, as the spec asks.
+    assert invoke(node, "DEL", conf, netns=netns)[0] == 0
+    assert invoke(node, "DEL", conf, cid="never-added")[0] == 0
+
+
+def test_check_of_unknown_container_fails(pod_env):
+    node, pod, conf, _ = pod_env
+    rc, out = invoke(node, "CHECK", {**conf, "prevResult": {}}, netns=f"/run/netns/{pod}", cid="nope")
+    assert rc != 0 and out["code"] == cni.UNKNOWN_CONTAINER
+
+
+def test_version():
+    rc, out = invoke(None, "VERSION", '{"cniVersion":"1.0.0"}')
+    assert rc == 0
+    assert out == {"cniVersion": "1.0.0", "supportedVersions": cni.SUPPORTED_VERSIONS}
+    assert {"0.3.1", "0.4.0", "1.0.0"} <= set(out["supportedVersions"])
+
+
+@pytest.mark.parametrize("case, code", [
+    ("garbage", cni.DECODE_FAILURE),
+    ("array", cni.DECODE_FAILURE),
+    ("version", cni.INCOMPATIBLE_VERSION),
+    ("noname", cni.INVALID_CONFIG),
+    ("delegate-name", cni.INVALID_CONFIG),
+    ("delegate-ipam", cni.INVALID_CONFIG),
+    ("no-subnet-env", cni.TRY_AGAIN_LATER),
+    ("bad-subnet-env", cni.BAD_SUBNET_ENV),
+    ("missing-env", cni.INVALID_ENV),
+    ("unknown-command", cni.INVALID_ENV),
+    ("no-delegate", cni.DELEGATE_NOT_FOUND),
+    ("delegate-error", 4),  # bridge's own error JSON, passed through
+])
+def test_errors_are_cni_error_json(pod_env, case, code):
+    node, pod, conf, tmp = pod_env
+    kwargs = {"netns": f"/run/netns/{pod}"}
+    command = "ADD"
+    if case == "garbage":
+        conf = "{not json"
+    elif case == "array":
+        conf = "[]"
+    elif case == "version":
+        conf = {**conf, "cniVersion": "9.9.9"}
+    elif case == "noname":
+        conf = {k: v for k, v in conf.items() if k != "name"}
+    elif case == "delegate-name":
+        conf = {**conf, "delegate": {"name": "x"}}
+    elif case == "delegate-ipam":
+        conf = {**conf, "delegate": {"ipam": {}}}
+    elif case == "no-subnet-env":
+        conf = {**conf, "subnetFile": str(tmp / "absent.env")}
+    elif case == "bad-subnet-env":
+        (tmp / "bad.env").write_text("FLANNEL_NETWORK=10.199.0.0/16\nFLANNEL_MTU=1400\n")
+        conf = {**conf, "subnetFile": str(tmp / "bad.env")}
+    elif case == "missing-env":
+        kwargs["drop"] = ("CNI_NETNS",)
+    elif case == "unknown-command":
+        command = "FROB"
+    elif case == "no-delegate":
+        conf = {**conf, "delegate": {"type": "no-such-plugin"}}
+    elif case == "delegate-error":
+        kwargs["ifname"] = "x" * 20  # too long an interface name: the bridge says so
+    rc, out = invoke(node, command, conf, **kwargs)
+    assert rc != 0
+    assert out["code"] == code, out
+    assert out["msg"]
+    if case == "delegate-error":
+        assert out["msg"] == "interface name is too long" and "16 characters" in out["details"]
+    # Nothing was created in the node namespace by a failed call.
+    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+
+
+# -- the delegate config, without the kernel -----------------------------------------------
+
+ENV = {"networks": ["10.244.0.0/16"], "subnets": ["10.244.1.0/24"], "mtu": 1450, "ipmasq": False}
+
+
+def test_delegate_overrides_and_default_gateway():
+    conf = {"name": "cbr0", "cniVersion": "0.3.1",
+            "delegate": {"hairpinMode": True, "isDefaultGateway": True, "mtu": 1400}}
+    d = cni.build_delegate(conf, ENV)
+    assert d["hairpinMode"] is True and d["mtu"] == 1400 and d["ipMasq"] is True
+    assert d["cniVersion"] == "0.3.1" and d["isGateway"] is True
+    # The bridge's default route covers the network, so no network route is added.
+    assert d["ipam"] == {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]], "routes": []}
+
+
+def test_subnet_env_dual_stack_and_comma_lists(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+                    "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n"
+                    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    env = cni.parse_subnet_env(str(path))
+    assert env == {"networks": ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"],
+                   "subnets": ["10.244.1.0/24", "fd00:0:0:1::/64"], "mtu": 1450, "ipmasq": True}
+    d = cni.build_delegate({"name": "n"}, env)
+    assert d["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:0:0:1::/64"}]]
+    assert [r["dst"] for r in d["ipam"]["routes"]] == ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"]
+    assert d["ipMasq"] is False
