@@ -69,6 +69,10 @@ class HookContext:
     iface: str | None = None                      # the external interface name
     iface_mtu: int = 1500
     backend_data: str = ""                        # what our pre_startup returned
+    # Dry run: touch nothing in the kernel. Python hooks record what they would send
+    # (e.g. netlink requests as dicts) in `recorded` instead of sending it.
+    dry_run: bool = False
+    recorded: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def option(self, name: str, default: Any = None) -> Any:

@@ -200,7 +200,7 @@ def _check_signature(cls: type, name: str, member: Any, spec: str, source: str) 
 
 
 def _signature(name: str) -> str:
-    return str(inspect.signature(getattr(Hook, name))).split(" ->")[0]
+    return "(" + ", ".join(inspect.signature(getattr(Hook, name)).parameters) + ")"
 
 
 def _safe_signature(func: Any) -> str:

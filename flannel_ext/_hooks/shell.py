@@ -71,6 +71,12 @@ class ShellHook(Hook):
         env.update(extra_env)
         env["FLANNEL_IFACE"] = ctx.iface or ""
         argv = [self.shell, "-c", command]
+        if ctx.dry_run:
+            shown = " ".join(f"{k}={v}" for k, v in sorted(extra_env.items()))
+            result = ProcessResult(argv, 0, "", f"(dry run) {shown} sh -c {command!r} <<< {stdin!r}", 0.0)
+            if self.tracer:
+                self.tracer(name, subnet, result)
+            return result
         os.makedirs(ctx.state_dir, exist_ok=True)
         result = run_process(argv, env=env, cwd=str(ctx.state_dir), stdin=stdin, timeout=self.timeout)
         result.stdout, result.stderr = result.stdout[-OUTPUT_LIMIT:], result.stderr[-OUTPUT_LIMIT:]

@@ -1,5 +1,133 @@
-"""(Placeholder: filled in by its issue.)"""
+"""`flannel-ext hook NAME`: run one hook by hand, exactly as the runtime would.
+
+Prints the environment, stdin, output, exit code and duration. `--dry-run` prints what
+would run and touches nothing (Python hooks list the requests they would send).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import sys
+
+from .._cogs.errors import ConfigError, FlannelExtError
+from .._config.netconf import load_netconf
+from .._hooks.base import COMMAND_NAMES, HookContext
+from .._hooks.loader import load_hook
+from .._hooks.shell import lifecycle_env, remote_env
+from .._runtime.calls import HookCaller
+from .._runtime.iface import ExternalInterface, find_interface
+from .._runtime.stats import NodeStats
+from .._runtime.validate import RejectedLease, Skipped, to_remote
+from .._store.lease import Lease, LeaseAttrs
+
+# Accept flannel's names, with or without "Command", and the Python method names.
+_NAMES = {}
+for _method, _command in COMMAND_NAMES.items():
+    for _alias in (_method, _command, _command[:-len("Command")], _method.replace("_", "")):
+        _NAMES[_alias.lower()] = _method
 
 
-def register(subparsers):
-    """Add this module's subcommand (not yet implemented)."""
+def register(subparsers) -> None:
+    p = subparsers.add_parser("hook", help="run one hook by hand, as the runtime would",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("name", help="PreStartup, PostStartup, SubnetAdd, SubnetRemove or Shutdown")
+    p.add_argument("--net-conf", required=True, metavar="FILE")
+    p.add_argument("--subnet", help="the remote (SubnetAdd/Remove) or own (PostStartup/Shutdown) subnet")
+    p.add_argument("--public-ip", help="the remote or own public IP")
+    p.add_argument("--ipv6-subnet")
+    p.add_argument("--public-ipv6")
+    p.add_argument("--backend-data", default="", help="the remote node's backend data (stdin)")
+    p.add_argument("--iface", help="external interface (default: the default route's)")
+    p.add_argument("--state-dir", default=".", help="working directory of the hook (default: here)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--dry-run", action="store_true", help="print what would run; touch nothing")
+    p.set_defaults(func=run_hook)
+
+
+def _interface(args) -> ExternalInterface:
+    try:
+        return find_interface(args.iface, args.public_ip)
+    except ConfigError:
+        if args.iface:
+            raise
+        return ExternalInterface("", args.public_ip or "", 1500)  # a hook may not need one
+
+
+def run_hook(args) -> int:
+    method = _NAMES.get(args.name.lower().replace("-", "").replace("_", "")) or _NAMES.get(args.name.lower())
+    if method is None:
+        raise ConfigError("hook", None, args.name, "unknown hook",
+                          "use PreStartup, PostStartup, SubnetAdd, SubnetRemove or Shutdown")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    config = load_netconf(args.net_conf)
+    hook = load_hook(config)
+    if hasattr(hook, "timeout"):
+        hook.timeout = args.timeout
+    iface = _interface(args)
+    subnet = ipaddress.IPv4Network(args.subnet) if args.subnet else None
+    ctx = HookContext(network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
+                      log=logging.getLogger("flannel_ext.hook"), state_dir=os.path.abspath(args.state_dir),
+                      iface=iface.name or None, iface_mtu=iface.mtu, dry_run=args.dry_run)
+    remote = None
+    if method in ("subnet_add", "subnet_remove"):
+        if subnet is None or not args.public_ip:
+            raise ConfigError("hook", "--subnet/--public-ip", None, f"{args.name} needs the remote lease",
+                              "pass --subnet CIDR --public-ip IP [--backend-data STR]")
+        lease = Lease(subnet, LeaseAttrs.with_string_data(args.public_ip, args.backend_data or None,
+                                                          public_ipv6=args.public_ipv6),
+                      ipaddress.IPv6Network(args.ipv6_subnet) if args.ipv6_subnet else None)
+        try:
+            remote = to_remote(lease, config, hook)
+        except RejectedLease as exc:
+            print(f"rejected: {exc}  (the runtime would count this lease and never run a hook)")
+            return 1
+        except Skipped as exc:
+            print(f"skipped: {exc}")
+            return 1
+        env, stdin = remote_env(remote), remote.backend_data + "\n"
+    else:
+        ctx.subnet, ctx.public_ip = subnet, args.public_ip or iface.address
+        ctx.ipv6_subnet = ipaddress.IPv6Network(args.ipv6_subnet) if args.ipv6_subnet else None
+        ctx.public_ipv6 = args.public_ipv6
+        env = lifecycle_env(ctx) if method in ("post_startup", "shutdown") else {}
+        stdin = "\n"
+
+    calls = []
+    stats = NodeStats()
+    stats.add_monitor(calls.append)
+    caller = HookCaller(hook, ctx, stats, timeout=args.timeout)
+    kind = "shell" if getattr(hook, "runs_commands", False) else f"python {type(hook).__module__}.{type(hook).__name__}"
+    print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
+    if getattr(hook, "runs_commands", False):
+        print(f"command:   sh -c {hook.commands.get(method, '')!r}" if hook.has(method) else
+              "command:   (none configured)")
+    print("env:       " + " ".join(f"{k}={v}" for k, v in env.items()))
+    print(f"stdin:     {stdin!r}")
+    error = None
+    result = None
+    try:
+        if remote is not None:
+            results = caller.apply(method.split("_", 1)[1], [remote])
+            error = results[remote.key]
+        else:
+            result = caller.lifecycle(method)
+    except FlannelExtError as exc:
+        error = exc
+    for call in calls:
+        rc = "-" if call.returncode is None else call.returncode
+        print(f"exit code: {rc}{'' if call.ok else '  (failed)'}")
+        print(f"duration:  {call.duration:.3f}s")
+        if call.output:
+            print("output:\n  " + call.output.replace("\n", "\n  "))
+    if result is not None:
+        print(f"returned:  {result!r}")
+    if ctx.recorded:
+        print("would send:")
+        for item in ctx.recorded:
+            print("  " + (json.dumps(item, default=str) if not isinstance(item, str) else item))
+    if error is not None:
+        print(f"error:     {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -53,6 +53,8 @@ def register(subparsers) -> None:
                    help="first retry delay; doubles up to 30 s (default %(default)s)")
     g.add_argument("--startup-retries", type=int, default=5, metavar="N",
                    help="tries for PreStartup/PostStartup/lease before exiting with code 3 (default %(default)s)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="trace one pass of the lifecycle against the store; change nothing")
     g.add_argument("--watch", action="store_true",
                    help="hot reload: re-run the lifecycle when net-conf.json or a Python hook changes")
     g = p.add_argument_group("lease")
@@ -147,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
             backoff=Backoff(initial=args.hook_backoff, attempts=args.hook_retries),
             lease_ttl=args.subnet_lease_ttl, renew_margin=args.subnet_lease_renew_margin * 60.0,
             ip_masq=args.ip_masq, release_on_exit=args.release_lease_on_exit,
-            public_ipv6=args.public_ipv6 or iface.address6)
+            public_ipv6=args.public_ipv6 or iface.address6, dry_run=args.dry_run)
         runtime = NodeRuntime(config, store, hook, iface, public_ip, options)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        extras = _operations(args, runtime)
-        watcher = _start_reload_watch(args, runtime) if args.watch else None
+        extras = [] if args.dry_run else _operations(args, runtime)
+        watcher = _start_reload_watch(args, runtime) if args.watch and not args.dry_run else None
         try:
             return runtime.run(stop)
         finally:

@@ -50,6 +50,7 @@ class NodeOptions:
     ip_masq: bool = False
     release_on_exit: bool = False
     public_ipv6: str | None = None
+    dry_run: bool = False                 # one traced pass; nothing written to kernel or store
 
 
 class NodeRuntime:
@@ -68,7 +69,8 @@ class NodeRuntime:
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
             log=logging.getLogger(f"flannel_ext.hook"), state_dir=options.state_dir,
-            public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu)
+            public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
+            dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
         self.dispatcher = Dispatcher(self.caller, self.stats, backoff=options.backoff,
                                      on_programmed=self._save_programmed)
@@ -103,9 +105,23 @@ class NodeRuntime:
         request = AcquireRequest(attrs=attrs, config=self.config, ttl=self.options.lease_ttl,
                                  previous_subnet=prev4, previous_ipv6_subnet=prev6,
                                  node_name=self.options.node_name)
+        if self.options.dry_run:
+            return self._planned_lease(request)
         lease = self._with_retries("acquiring a lease", lambda: self.store.acquire(request))
         log.info("acquired lease %s (public ip %s)", lease.key, self.public_ip)
         return lease
+
+    def _planned_lease(self, request: AcquireRequest) -> Lease:
+        """Dry run: the lease acquire would take, without writing it."""
+        from .._store.allocate import plan_acquire
+        plan = plan_acquire(request, self.store.list().leases)
+        if plan.reuse is not None:
+            return plan.reuse.with_attrs(request.attrs)
+        if not plan.candidates:
+            raise StoreError("out of subnets")
+        log.info("(dry run) would acquire %s", plan.candidates[0])
+        return Lease(plan.candidates[0], request.attrs,
+                     plan.ipv6_candidates[0] if plan.ipv6_candidates else None)
 
     def _set_lease(self, lease: Lease) -> None:
         self.lease = lease
@@ -114,7 +130,11 @@ class NodeRuntime:
 
     def _write_subnet_env(self) -> None:
         mtu = self.hook.mtu(self.ctx) or self.iface.mtu
-        subnetenv.write(self.options.subnet_file, network=self.config.network, subnet=self.ctx.subnet,
+        write = subnetenv.write
+        if self.options.dry_run:
+            def write(path, **fields):
+                log.info("(dry run) would write %s:\n%s", path, subnetenv.render(**fields).rstrip())
+        write(self.options.subnet_file, network=self.config.network, subnet=self.ctx.subnet,
                         ipv6_network=self.config.ipv6_network, ipv6_subnet=self.ctx.ipv6_subnet,
                         mtu=mtu, ip_masq=self.options.ip_masq)
 
@@ -225,9 +245,13 @@ class NodeRuntime:
 
     # --- the main loop -----------------------------------------------------------
     def _save_programmed(self, programmed) -> None:
+        if self.options.dry_run:
+            return
         state.save(self.state_file, programmed, own=self.lease.key if self.lease else "")
 
     def _write_stats(self) -> None:
+        if self.options.dry_run:
+            return
         self.stats.leases_known = len(self.dispatcher.desired_keys())
         snap = self.stats.snapshot()
         snap.update(node=self.options.node_name, public_ip=self.public_ip, pid=os.getpid())
@@ -245,6 +269,14 @@ class NodeRuntime:
         except Exception as exc:  # noqa: BLE001 - reported to the main loop
             self._events.put(exc)
 
+    def _dry_run_finish(self) -> int:
+        while not self.dispatcher.idle():
+            time.sleep(0.05)
+        self.dispatcher.stop()
+        self._shutdown_hook()
+        log.info("(dry run) done: nothing was changed in the kernel or the store")
+        return 0
+
     def run(self, stop: threading.Event) -> int:
         self.start_dataplane()
         for callback in self.on_ready:
@@ -258,6 +290,8 @@ class NodeRuntime:
             self._handle(LeaseEvent.added(lease))
         self.stats.mark_reconciled()
         self.dispatcher.start()
+        if self.options.dry_run:
+            return self._dry_run_finish()
         watch_stop = threading.Event()
         watcher = threading.Thread(target=self._watch, args=(snapshot.revision, watch_stop),
                                    name="watch", daemon=True)

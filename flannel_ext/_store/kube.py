@@ -375,7 +375,7 @@ class KubeStore:
                     break
                 obj = event["raw_object"]
                 rv = int((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                if event["type"] in ("ADDED", "MODIFIED"):
+                if event["type"] in ("ADDED",):
                     events = tracker.update(obj)
                 elif event["type"] == "DELETED":
                     events = tracker.delete(obj)

@@ -1,5 +1,138 @@
-"""(Placeholder: filled in by its issue.)"""
+"""`flannel-ext lab`: a multi-node cluster in namespaces on this machine (Documentation/lab.md).
+
+Subcommands: up, check, add-node, rm-node, status, logs, down. Each takes ``--name``
+(default ``lab``) so several labs can live side by side.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from . import check, ops
+from .state import Lab, LabError, list_labs
 
 
-def register(subparsers):
-    """Add this module's subcommand (not yet implemented)."""
+def register(subparsers) -> None:
+    lab = subparsers.add_parser(
+        "lab", help="a multi-node cluster in network namespaces, for seconds-long iterations",
+        description="Nodes are namespaces on a shared underlay, each running `flannel-ext run` "
+                    "against one store; pods are made through CNI; a matrix checks every pair.")
+    sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
+    lab.set_defaults(func=lambda args: (lab.print_help(), 2)[1])
+
+    def parser(name, help, func):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--name", default="lab", help="lab name (a-z0-9_; default %(default)s)")
+        p.set_defaults(func=func)
+        return p
+
+    p = parser("up", "create nodes, start daemons, make pods, print the matrix", _up)
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default %(default)s)")
+    p.add_argument("--pods-per-node", type=int, default=2, help="default %(default)s")
+    p.add_argument("--net-conf", required=True, metavar="FILE",
+                   help="net-conf.json, e.g. recipes/vxlan.json; edits are hot-reloaded")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="lease store (default sqlite: in the lab directory)")
+    p.add_argument("--underlay-cidr", default="192.168.100.0/24", help="default %(default)s")
+    p.add_argument("--cni-path", default="/usr/lib/cni", help="CNI_PATH for the delegate plugins")
+    p.add_argument("--no-watch", dest="watch", action="store_false",
+                   help="run the daemons without --watch (no hot reload)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per waiting step")
+
+    p = parser("check", "all-pairs pod-to-pod connectivity (TCP + ICMP); non-zero exit on failure", _check)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-icmp", dest="icmp", action="store_false", help="TCP only")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per probe round (default %(default)s)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="repeat until every pair passes or this long has passed")
+
+    p = parser("add-node", "add a node (daemon, pods) and print the matrix", _add_node)
+    p.add_argument("node", nargs="?", help="node name (default n<next>)")
+    p.add_argument("--pods", type=int, default=None, help="pods on it (default: the lab's)")
+    p.add_argument("--timeout", type=float, default=60.0)
+
+    p = parser("rm-node", "remove a node gracefully: pods, then SIGTERM (Shutdown, lease released)", _rm_node)
+    p.add_argument("node")
+    p.add_argument("--timeout", type=float, default=30.0)
+
+    p = parser("status", "nodes, subnets, PIDs, hook failures and rejected leases", _status)
+    p.add_argument("--json", action="store_true")
+
+    p = parser("logs", "a node's daemon log (its hook trace)", _logs)
+    p.add_argument("node")
+    p.add_argument("--hooks", action="store_true", help="only the hook-call trace lines")
+    p.add_argument("--raw", action="store_true", help="the JSON lines as written")
+    p.add_argument("-f", "--follow", action="store_true")
+
+    parser("down", "remove every namespace, process and file of the lab (idempotent, like mn -c)", _down)
+    ls = sub.add_parser("list", help="labs on this machine")
+    ls.set_defaults(func=lambda args: print("\n".join(list_labs())) or 0)
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _up(args) -> int:
+    report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
+                    underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
+                    timeout=args.timeout, out=_out)
+    return 0 if report.ok else 1
+
+
+def _check(args) -> int:
+    lab = Lab.load(args.name)
+    deadline = time.monotonic() + args.wait
+    while True:
+        report = check.run_check(lab, timeout=args.timeout, icmp=args.icmp)
+        if report.ok or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if args.json:
+        _out(json.dumps(check.to_json(report), indent=2))
+    else:
+        _out(check.format_text(report))
+    return 0 if report.ok else 1
+
+
+def _add_node(args) -> int:
+    return 0 if ops.add_node(args.name, args.node, args.pods, timeout=args.timeout, out=_out).ok else 1
+
+
+def _rm_node(args) -> int:
+    ops.rm_node(args.name, args.node, timeout=args.timeout, out=_out)
+    return 0
+
+
+def _status(args) -> int:
+    lab = Lab.load(args.name)
+    rows = ops.status_rows(lab)
+    _out(json.dumps({"name": lab.name, "dir": lab.dir, "net_conf": lab.net_conf, "store": lab.store,
+                     "nodes": rows}, indent=2) if args.json else ops.format_status(lab, rows))
+    return 0 if all(r["running"] for r in rows) else 1
+
+
+def _logs(args) -> int:
+    lab = Lab.load(args.name)
+    if args.node not in lab.nodes:
+        raise LabError(f"lab {args.name!r} has no node {args.node!r} (nodes: {', '.join(lab.nodes)})")
+    with open(lab.log_file(args.node), encoding="utf-8", errors="replace") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                if not args.follow:
+                    return 0
+                time.sleep(0.2)
+                continue
+            text = line.rstrip("\n") if args.raw else ops.render_log_line(line, args.hooks)
+            if text is not None:
+                try:
+                    _out(text)
+                except BrokenPipeError:
+                    sys.stderr.close()
+                    return 0
+
+
+def _down(args) -> int:
+    return ops.down(args.name, out=_out)

@@ -97,18 +97,23 @@ def add_pod(lab: Lab, node: Node, k: int) -> Pod:
 
 
 def add_pods(lab: Lab, nodes: list[Node], per_node: int) -> list[Pod]:
-    """Create `per_node` pods on each node: nodes in parallel, one node's pods in order.
+    """Create `per_node` pods on each node, in parallel, except each node's first pod.
 
-    In order because two bridge plugins racing to create and address a fresh cni0 can fail
-    with EEXIST (plugins 1.1.1); a real node's cni0 usually exists before the second pod.
+    Two bridge plugins racing to create and address a fresh cni0 can fail with EEXIST
+    (plugins 1.1.1), so a node's first pod goes in a round of its own, as on a real node
+    whose cni0 exists before the second pod arrives.
     """
-    def one_node(node: Node) -> list[Pod]:
+    jobs = []
+    for node in nodes:
         start = max((int(p.rsplit("pod", 1)[1]) for p in node.pods), default=0)
-        return [add_pod(lab, node, start + k) for k in range(1, per_node + 1)]
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(nodes)))) as pool:
-        results = list(pool.map(one_node, nodes))
-    return [p for pods in results for p in pods]
+        jobs.append([(node, start + k) for k in range(1, per_node + 1)])
+    first = [j[0] for j in jobs if j and not j[0][0].pods]
+    rest = [job for j in jobs for job in j if job not in first]
+    made = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for batch in (first, rest):
+            made += list(pool.map(lambda job: add_pod(lab, *job), batch))
+    return made
 
 
 def listener_alive(pod: Pod) -> bool:

@@ -63,8 +63,8 @@ class _Conn:
     sock: socket.socket
     got: bytes = b""
     connected: bool = False
-    retry_at: float = 0.0
-    tries: int = field(default=1)
+    started: float = field(default_factory=time.monotonic)
+    tries: int = 1
 
 
 def _checksum(data: bytes) -> int:
@@ -140,6 +140,13 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
                             with contextlib.suppress(OSError):
                                 raw.sendto(_echo(base + i, j), (dst.ip, 0))
                 next_ping = now + 0.3
+            # A SYN queued behind an unresolved neighbour may be dropped, and the kernel's
+            # own retransmit waits 1 s: start a fresh attempt after 0.25 s instead.
+            for conn in [c for c in conns if not c.connected and now - c.started > 0.25]:
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                conns.remove(conn)
+                open_tcp(conn.src, conn.dst, conn.tries + 1)
             for item in [r for r in retry if r[0] <= now]:
                 retry.remove(item)
                 open_tcp(item[1], item[2], item[3])

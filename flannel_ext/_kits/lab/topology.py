@@ -95,11 +95,13 @@ def terminate(procs: list[tuple[int, str]], grace: float = 5.0) -> list[int]:
     return [pid for pid, _ in owned]
 
 
-def kill(procs: list[tuple[int, str]]) -> None:
-    for pid, marker in procs:
-        if alive(pid, marker):
-            _signal(pid, signal.SIGKILL)
+def kill(procs: list[tuple[int, str]]) -> list[int]:
+    """SIGKILL each owned (pid, marker); returns the PIDs signalled."""
+    killed = [pid for pid, marker in procs if alive(pid, marker)]
+    for pid in killed:
+        _signal(pid, signal.SIGKILL)
     _reap()
+    return killed
 
 
 def _signal(pid: int, sig: int) -> None:
