@@ -75,8 +75,9 @@ class Batch:
     of missing entries are not failures. Use as a context manager to close the socket.
     """
 
-    def __init__(self, chunk: int = 256):
+    def __init__(self, chunk: int = 256, record: list | None = None):
         self.chunk = chunk
+        self.record = record          # dry run: requests are appended here, never sent
         self._queue: list[tuple[int, int, bytes, Hashable, str, bool]] = []
         self._sock: socket.socket | None = None
         self._seq = 0                  # per socket, so unique within this Batch
@@ -119,7 +120,7 @@ class Batch:
         if lladdr and op == "replace":
             body += _attr(NDA_LLADDR, mac_bytes(lladdr))
         self._add(RTM_NEWNEIGH if op == "replace" else RTM_DELNEIGH, body, tag,
-                  f"neigh {op} {dst} dev #{ifindex}", op)
+                  f"neigh {op} {dst}" + (f" lladdr {lladdr}" if lladdr else "") + f" dev #{ifindex}", op)
 
     def fdb(self, op: str, tag: Hashable, ifindex: int, lladdr: str, dst: str) -> None:
         """``bridge fdb replace <mac> dev <ifindex> self dst <dst> permanent`` (or del)."""
@@ -137,6 +138,9 @@ class Batch:
         """Send every queued request; return the failures per tag and empty the queue."""
         queue, self._queue = self._queue, []
         failures: dict[Hashable, list[NetlinkFailure]] = {}
+        if self.record is not None:
+            self.record.extend({"netlink": shown, "lease": tag} for *_x, tag, shown, _d in queue)
+            return failures
         sock = self._socket()
         for start in range(0, len(queue), self.chunk):
             part = queue[start:start + self.chunk]

@@ -43,7 +43,7 @@ class HostGwHook(Hook):
         if op == "replace":
             with IPRoute() as ipr:
                 prefixes = _netlink.connected_prefixes(ipr, oif)
-        with _netlink.Batch() as batch:
+        with _netlink.Batch(record=ctx.recorded if ctx.dry_run else None) as batch:
             for lease in leases:
                 if lease.subnet is None:
                     continue

@@ -61,11 +61,19 @@ class VxlanHook(Hook):
         self.device = f"flannel.{self.vni}"
 
     # --- lifecycle -----------------------------------------------------------------
-    def pre_startup(self, ctx: HookContext) -> str:
+    def pre_startup(self, ctx: HookContext) -> str | None:
+        if ctx.dry_run:
+            ctx.recorded.append({"netlink": f"link ensure {self.device} type vxlan id {self.vni} "
+                                 f"dev {ctx.iface} local {ctx.public_ip} mtu {self.mtu(ctx)}"})
+            return None
         with IPRoute() as ipr:
             return self._ensure_device(ipr, ctx).get("address")
 
     def post_startup(self, ctx: HookContext) -> None:
+        if ctx.dry_run:
+            ctx.recorded.append({"netlink": f"addr replace {ctx.subnet.network_address if ctx.subnet else '?'}"
+                                 f"/32 dev {self.device}; link set {self.device} up"})
+            return
         with IPRoute() as ipr:
             index = self._ensure_device(ipr, ctx)["index"]
             if ctx.subnet is not None:
@@ -80,6 +88,9 @@ class VxlanHook(Hook):
             ipr.link("set", index=index, state="up")
 
     def shutdown(self, ctx: HookContext) -> None:
+        if ctx.dry_run:
+            ctx.recorded.append({"netlink": f"link del {self.device}"})
+            return
         with IPRoute() as ipr:
             try:
                 ipr.link("del", ifname=self.device)
@@ -121,7 +132,9 @@ class VxlanHook(Hook):
     # --- internals -----------------------------------------------------------------
     def _apply(self, op: str, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
         dev = _netlink.ifindex(self.device)
-        if dev is None:
+        if dev is None and ctx.dry_run:
+            dev = 0                         # record what would be sent once it exists
+        elif dev is None:
             if op == "del":
                 return                      # no device, nothing of ours can exist
             raise TemporaryError(f"vxlan: device {self.device} is missing; restart the daemon "
@@ -132,7 +145,7 @@ class VxlanHook(Hook):
             with IPRoute() as ipr:
                 prefixes = _netlink.connected_prefixes(ipr, ext)
         failures: dict[str, BaseException] = {}
-        with _netlink.Batch() as batch:
+        with _netlink.Batch(record=ctx.recorded if ctx.dry_run else None) as batch:
             for lease in leases:
                 if lease.subnet is None:
                     continue

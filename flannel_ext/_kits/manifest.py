@@ -17,6 +17,7 @@ import yaml
 
 from .._cogs.errors import ConfigError
 from .._cogs.gojson import loads_case_insensitive
+from .._config.netconf import load_netconf
 
 DEFAULT_IMAGE = "flannel-ext:dev"
 DEFAULT_NAMESPACE = "kube-flannel"
@@ -60,12 +61,8 @@ def cni_plugin_script(*, subnet_file: str = SUBNET_FILE, data_dir: str = CNI_DAT
 
 def _validate(path: str, text: str) -> dict:
     """Parse (and, when the config module offers it, validate) the net-conf."""
-    try:
-        from .._config.netconf import load_netconf
-    except ImportError:       # the config work has not landed: fall back to JSON checks
-        load_netconf = None
-    if load_netconf is not None:
-        load_netconf(path, check_subnets=False)
+    # Kube mode never checks SubnetLen/Min/Max (compat §4), so neither do we.
+    load_netconf(path, check_subnets=False)
     try:
         data = json.loads(text)
     except ValueError as exc:

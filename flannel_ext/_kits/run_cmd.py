@@ -74,8 +74,13 @@ def register(subparsers) -> None:
     g.add_argument("--kubeconfig-file", default=None)
     g.add_argument("--kube-api-url", default=None)
     g.add_argument("--kube-annotation-prefix", default="flannel.alpha.coreos.com")
+    g.add_argument("--set-node-network-unavailable", default=True,
+                   type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL",
+                   help="set the node's NetworkUnavailable condition to False when up (default true)")
     g = p.add_argument_group("operations")
     g.add_argument("--ip-masq", action="store_true", help="masquerade pod traffic leaving the network")
+    g.add_argument("--ip-masq-fully-random-disable", action="store_true",
+                   help="do not use fully-random port mapping for masquerade")
     g.add_argument("--healthz-ip", default="0.0.0.0")
     g.add_argument("--healthz-port", type=int, default=0, help="serve /healthz, /readyz, /metrics (0 = off)")
     g.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -106,7 +111,8 @@ def store_options(args) -> dict:
         return opts
     if url == "kube":
         return {"kubeconfig": args.kubeconfig_file, "api_url": args.kube_api_url,
-                "annotation_prefix": args.kube_annotation_prefix, "node_name": args.node_name}
+                "annotation_prefix": args.kube_annotation_prefix, "node_name": args.node_name,
+                "set_node_network_unavailable": args.set_node_network_unavailable}
     return {}
 
 
@@ -179,7 +185,8 @@ def _operations(args, runtime: NodeRuntime) -> list:
         from . import ipmasq
 
         def masq(rt):
-            ipmasq.setup_ip_masq(rt.config.network, rt.ctx.subnet)
+            ipmasq.setup_ip_masq(rt.config.network, rt.ctx.subnet,
+                                 fully_random=not args.ip_masq_fully_random_disable)
         runtime.on_ready.append(masq)
         undo.append(ipmasq.teardown_ip_masq)
     return undo

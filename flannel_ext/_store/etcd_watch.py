@@ -120,6 +120,17 @@ class Gateway:
                     raise StoreError(f"etcd {path} at {client.base_url}: {_detail(exc)}") from None
         raise StoreError(f"etcd unreachable ({'; '.join(errors)})")
 
+    def ping(self, timeout: float) -> bool:
+        """A cheap read on the current endpoint within `timeout` (a watch liveness probe)."""
+        client = self.clients[self._current]
+        try:
+            resp = self.session.post(client.get_url("/kv/range"), json={"key": b64("/"), "count_only": True},
+                                     headers=self._headers(self._current), timeout=timeout)
+            resp.close()
+            return resp.status_code == 200
+        except (requests.RequestException, etcd3gw_exc.Etcd3Exception):
+            return False
+
     def open_stream(self, path: str, payload: dict) -> requests.Response:
         """Open a streaming call (watch). The read timeout covers only the response head."""
         errors = []
@@ -148,7 +159,7 @@ class Gateway:
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
+    text = getattr(exc, "detail_text", None) or str(exc)   # etcd3gw keeps the body there
     try:
         return json.loads(text).get("error", text)
     except (ValueError, AttributeError):

@@ -26,27 +26,29 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
+import urllib3
 from kubernetes import client, config as kube_config, watch as kube_watch
 
-from .._cogs.errors import StoreError
+from .._cogs.errors import ConfigError, StoreError
 from .base import AcquireRequest, DEFAULT_TTL, Snapshot
-from .kube_annotations import (DEFAULT_PREFIX, AnnotationNames, annotations_of, network_available_patch,
-                               annotation_patch, node_name, node_to_lease, pod_cidrs)
+from .kube_annotations import (DEFAULT_PREFIX, AnnotationNames, NodeTracker, annotation_patch,
+                               network_available_patch, pod_cidrs)
 from .lease import Lease, LeaseEvent
 
 log = logging.getLogger(__name__)
 
 SMP = "application/strategic-merge-patch+json"
 _RETRYABLE = {409, 429, 500, 502, 503, 504}
+# What a request can raise besides ApiException: refused, reset, timed out, garbled.
+_NET_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 class PodCIDRNotAssigned(StoreError):
     """The node has no spec.podCIDR yet (kube-controller-manager assigns it); retry acquire."""
 
-    retryable = True
+    temporary = True   # the runtime's start-up retry looks at this
 
 
 def api_client(kubeconfig: str | None = None, api_url: str | None = None) -> client.ApiClient:
@@ -79,6 +81,8 @@ def resolve_node_name(v1: client.CoreV1Api, node_name: str | None, env: Mapping[
     except client.ApiException as exc:
         raise StoreError(f"error retrieving pod spec for '{namespace}/{pod}': "
                          f"{exc.status} {exc.reason}") from None
+    except _NET_ERRORS as exc:
+        raise StoreError(f"error retrieving pod spec for '{namespace}/{pod}': {exc}") from None
     name = (obj.get("spec") or {}).get("nodeName")
     if not name:
         raise StoreError(f"node name not present in pod spec '{namespace}/{pod}'")
@@ -91,64 +95,6 @@ class _Handle:
     def __init__(self):
         self.halt = threading.Event()
         self.stream: kube_watch.Watch | None = None
-
-
-@dataclass
-class _Tracker:
-    """What the watch has told the runtime, per node, and the rules for what to tell next."""
-
-    names: AnnotationNames
-    enable_ipv4: bool
-    enable_ipv6: bool
-    leases: dict[str, tuple[tuple, Lease]] = field(default_factory=dict)  # name -> (keys, lease sent)
-    rejected: dict[str, str] = field(default_factory=dict)               # name -> resourceVersion
-
-    def _changed(self, old: tuple, new: tuple) -> bool:
-        return (self.enable_ipv4 and old[0] != new[0]) or (self.enable_ipv6 and old[1] != new[1])
-
-    def update(self, node: dict) -> list[LeaseEvent]:
-        name, known = node_name(node), self.leases.get(node_name(node))
-        if not self.names.managed(node):
-            self.rejected.pop(name, None)
-            return [LeaseEvent.removed(self.leases.pop(name)[1])] if known else []
-        keys = self.names.change_keys(node)
-        if known and not self._changed(known[0], keys):
-            return []   # PodCIDR or unrelated change: flannel ignores it too
-        try:
-            lease = node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6)
-        except ValueError as exc:
-            version = (node.get("metadata") or {}).get("resourceVersion", "")
-            if self.rejected.get(name) == version:
-                return []   # already reported (a resync sees the same object again)
-            self.rejected[name] = version
-            return [LeaseEvent.rejected(name, f"Error turning node {name!r} to lease: {exc}")]
-        self.rejected.pop(name, None)
-        self.leases[name] = (keys, lease)
-        stale = [LeaseEvent.removed(known[1])] if known and known[1].key != lease.key else []
-        return stale + [LeaseEvent.added(lease)]
-
-    def delete(self, node: dict) -> list[LeaseEvent]:
-        name = node_name(node)
-        self.rejected.pop(name, None)
-        if name in self.leases:
-            return [LeaseEvent.removed(self.leases.pop(name)[1])]
-        if not self.names.managed(node):
-            return []
-        try:   # never seen (the watch started without a list): the final state will do
-            return [LeaseEvent.removed(node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6))]
-        except ValueError:
-            return []
-
-    def diff(self, nodes: list[dict]) -> list[LeaseEvent]:
-        """A fresh listing against what was sent: ADDED/REJECTED for changes, REMOVED for gone."""
-        events, present = [], set()
-        for node in nodes:
-            present.add(node_name(node))
-            events += self.update(node)
-        for name in [n for n in self.leases if n not in present]:
-            events.append(LeaseEvent.removed(self.leases.pop(name)[1]))
-        self.rejected = {n: v for n, v in self.rejected.items() if n in present}
-        return events
 
 
 class KubeStore:
@@ -170,7 +116,7 @@ class KubeStore:
         self._api = api
         self._v1 = client.CoreV1Api(api)
         self._closed = threading.Event()
-        self._last_list: tuple[int, _Tracker] | None = None
+        self._last_list: tuple[int, NodeTracker] | None = None
         self._watches: set[_Handle] = set()
 
     @classmethod
@@ -199,15 +145,16 @@ class KubeStore:
             v4, v6 = pod_cidrs(node)
         except ValueError as exc:
             raise StoreError(f"node {self.node_name!r}: bad spec.podCIDRs: {exc}") from None
-        if self.enable_ipv4:
-            if v4 is None or cfg.network is None or not v4.subnet_of(cfg.network):
-                raise StoreError(f'subnet "{cfg.network}" specified in the flannel net config doesn\'t '
-                                 f'contain "{v4}" PodCIDR of the "{self.node_name}" node; make Network '
-                                 "cover kube-controller-manager's --cluster-cidr")
-        if self.enable_ipv6 and v6 is not None:
-            if cfg.ipv6_network is None or not v6.subnet_of(cfg.ipv6_network):
-                raise StoreError(f'subnet "{cfg.ipv6_network}" specified in the flannel net config '
-                                 f'doesn\'t contain "{v6}" IPv6 PodCIDR of the "{self.node_name}" node')
+        # Not transient: a ConfigError, so the runtime stops instead of retrying.
+        fix = "make it cover kube-controller-manager's --cluster-cidr"
+        if self.enable_ipv4 and (v4 is None or cfg.network is None or not v4.subnet_of(cfg.network)):
+            raise ConfigError(cfg.source, "Network", None, f'subnet "{cfg.network}" specified in the flannel '
+                              f'net config doesn\'t contain "{v4}" PodCIDR of the "{self.node_name}" node', fix)
+        if self.enable_ipv6 and v6 is not None and (cfg.ipv6_network is None
+                                                    or not v6.subnet_of(cfg.ipv6_network)):
+            raise ConfigError(cfg.source, "IPv6Network", None, f'subnet "{cfg.ipv6_network}" specified in '
+                              f'the flannel net config doesn\'t contain "{v6}" IPv6 PodCIDR of the '
+                              f'"{self.node_name}" node', fix)
         patch = annotation_patch(node, self.names, request.attrs)
         if patch:
             self._patch_status({"metadata": {"annotations": patch}}, "annotate")
@@ -263,8 +210,8 @@ class KubeStore:
         self._api.close()
 
     # -- internals ---------------------------------------------------------------------
-    def _tracker(self) -> _Tracker:
-        return _Tracker(self.names, self.enable_ipv4, self.enable_ipv6)
+    def _tracker(self) -> NodeTracker:
+        return NodeTracker(self.names, self.enable_ipv4, self.enable_ipv6)
 
     def _halt(self, handle: _Handle) -> None:
         handle.halt.set()
@@ -280,6 +227,8 @@ class KubeStore:
             return body.get("items") or [], int(body["metadata"]["resourceVersion"])
         except client.ApiException as exc:
             raise StoreError(f"listing nodes failed: {exc.status} {exc.reason}") from None
+        except _NET_ERRORS as exc:
+            raise StoreError(f"listing nodes failed: {exc}") from None
 
     def _read_node(self) -> dict | None:
         try:
@@ -298,7 +247,7 @@ class KubeStore:
         while True:
             try:
                 node, error = self._read_node(), None
-            except Exception as exc:   # ApiException, urllib3/socket errors: transient here
+            except (client.ApiException, *_NET_ERRORS) as exc:   # transient while polling
                 error = exc
             if node is not None and (node.get("spec") or {}).get("podCIDR"):
                 return node
@@ -325,13 +274,13 @@ class KubeStore:
                 error, fatal = f"{exc.status} {exc.reason}", exc.status not in _RETRYABLE
                 if exc.status == 403:
                     error += " (the service account needs `patch` on nodes/status)"
-            except Exception as exc:   # connection refused/reset, timeouts
+            except _NET_ERRORS as exc:
                 error, fatal = str(exc), False
             if fatal or time.monotonic() >= deadline or self._closed.wait(self.poll_interval):
                 raise StoreError(f"failed to {what} node {self.node_name!r}: {error}")
             log.warning("kube store: %s node %s failed (retrying): %s", what, self.node_name, error)
 
-    def _pump(self, tracker: _Tracker, revision: int, out: queue.Queue, done: Callable[[], bool],
+    def _pump(self, tracker: NodeTracker, revision: int, out: queue.Queue, done: Callable[[], bool],
               handle: _Handle) -> None:
         """The watch thread: list/watch/diff into `out` until `done()`."""
         rv, relist, delay = revision, False, 0.0
@@ -360,7 +309,7 @@ class KubeStore:
     def _backoff(self, delay: float) -> float:
         return min(max(delay * 2, 0.1), self.backoff_max)
 
-    def _watch_once(self, tracker: _Tracker, rv: int, out: queue.Queue, done: Callable[[], bool],
+    def _watch_once(self, tracker: NodeTracker, rv: int, out: queue.Queue, done: Callable[[], bool],
                     handle: _Handle, next_resync: float) -> int:
         """One server-side-timed watch from `rv`; returns the last resourceVersion seen."""
         stream = kube_watch.Watch()
@@ -375,7 +324,7 @@ class KubeStore:
                     break
                 obj = event["raw_object"]
                 rv = int((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                if event["type"] in ("ADDED",):
+                if event["type"] in ("ADDED", "MODIFIED"):
                     events = tracker.update(obj)
                 elif event["type"] == "DELETED":
                     events = tracker.delete(obj)

@@ -1,4 +1,4 @@
-"""flannel's node annotations (pkg/subnet/kube/annotations.go, kube.go), as pure functions.
+"""flannel's node annotations (pkg/subnet/kube/annotations.go, kube.go) and event rules.
 
 Nothing here talks to the API server: `KubeStore` (kube.py) feeds node objects (plain
 JSON dicts) in and sends the patches out, so these rules are testable on their own.
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .._cogs.errors import ConfigError
-from .lease import Lease, LeaseAttrs
+from .lease import Lease, LeaseAttrs, LeaseEvent
 
 DEFAULT_PREFIX = "flannel.alpha.coreos.com"
 # flannel calls regexp.MatchString, which is unanchored at the start: re.search, not match.
@@ -151,3 +151,60 @@ def network_available_patch(now: datetime | None = None) -> dict:
                  "message": "Flannel is running on this node"}
     return {"status": {"conditions": [condition]}}
 
+
+@dataclass
+class NodeTracker:
+    """What the watch has told the runtime, per node, and the rules for what to tell next."""
+
+    names: AnnotationNames
+    enable_ipv4: bool
+    enable_ipv6: bool
+    leases: dict[str, tuple[tuple, Lease]] = field(default_factory=dict)  # name -> (keys, lease sent)
+    rejected: dict[str, str] = field(default_factory=dict)               # name -> resourceVersion
+
+    def _changed(self, old: tuple, new: tuple) -> bool:
+        return (self.enable_ipv4 and old[0] != new[0]) or (self.enable_ipv6 and old[1] != new[1])
+
+    def update(self, node: dict) -> list[LeaseEvent]:
+        name, known = node_name(node), self.leases.get(node_name(node))
+        if not self.names.managed(node):
+            self.rejected.pop(name, None)
+            return [LeaseEvent.removed(self.leases.pop(name)[1])] if known else []
+        keys = self.names.change_keys(node)
+        if known and not self._changed(known[0], keys):
+            return []   # PodCIDR or unrelated change: flannel ignores it too
+        try:
+            lease = node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6)
+        except ValueError as exc:
+            version = (node.get("metadata") or {}).get("resourceVersion", "")
+            if self.rejected.get(name) == version:
+                return []   # already reported (a resync sees the same object again)
+            self.rejected[name] = version
+            return [LeaseEvent.rejected(name, f'Error turning node "{name}" to lease: {exc}')]
+        self.rejected.pop(name, None)
+        self.leases[name] = (keys, lease)
+        stale = [LeaseEvent.removed(known[1])] if known and known[1].key != lease.key else []
+        return stale + [LeaseEvent.added(lease)]
+
+    def delete(self, node: dict) -> list[LeaseEvent]:
+        name = node_name(node)
+        self.rejected.pop(name, None)
+        if name in self.leases:
+            return [LeaseEvent.removed(self.leases.pop(name)[1])]
+        if not self.names.managed(node):
+            return []
+        try:   # never seen (the watch started without a list): the final state will do
+            return [LeaseEvent.removed(node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6))]
+        except ValueError:
+            return []
+
+    def diff(self, nodes: list[dict]) -> list[LeaseEvent]:
+        """A fresh listing against what was sent: ADDED/REJECTED for changes, REMOVED for gone."""
+        events, present = [], set()
+        for node in nodes:
+            present.add(node_name(node))
+            events += self.update(node)
+        for name in [n for n in self.leases if n not in present]:
+            events.append(LeaseEvent.removed(self.leases.pop(name)[1]))
+        self.rejected = {n: v for n, v in self.rejected.items() if n in present}
+        return events

@@ -1,19 +1,13 @@
 """A single-host lease store in SQLite, safe across processes (labs, tests, demos).
 
-Layout: `leases` holds the live entries (value = flannel's LeaseAttrs JSON); `events` is
-an append-only log (rev AUTOINCREMENT) so `watch(revision)` can replay what happened
-after a `list()`. History beyond `history` events is trimmed; a watcher that fell off it
-re-lists and diffs, as flannel's LeaseWatcher.Reset does.
-
-Concurrency: every write is one `BEGIN IMMEDIATE` transaction (one writer at a time,
-others wait in busy_timeout), in WAL mode so readers never block writers.
-
-TTL: expired rows are invisible, and any operation or watcher wakeup moves them into
-'expire' events inside a write transaction, so every watcher reports REMOVED.
-
-Watch wakeups: inotify on the DB's directory (a commit writes `<db>-wal`; our writers
-also touch `<db>-notify` after COMMIT, which is a definite post-commit signal), checked
-with `PRAGMA data_version`, plus a 1 s fallback poll and the earliest expiration.
+`leases` holds the live entries (value = flannel's LeaseAttrs JSON); `events` is an
+append-only log so `watch(revision)` replays what happened after a `list()`. History past
+`history` events is trimmed; a watcher that fell off it re-lists and diffs (flannel's
+LeaseWatcher.Reset). Writes are `BEGIN IMMEDIATE` transactions in WAL mode. Expired rows
+are invisible, and any operation or watcher wakeup turns them into 'expire' events in a
+write transaction, so every watcher reports REMOVED. Watchers wake on inotify (a commit
+writes `<db>-wal`; our writers also touch `<db>-notify` after COMMIT), confirmed with
+`PRAGMA data_version`, with a 1 s fallback poll and a wakeup at the earliest expiration.
 """
 from __future__ import annotations
 
@@ -22,7 +16,9 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from dataclasses import replace
+from contextlib import contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +26,7 @@ from .._cogs import inotify
 from .._cogs.errors import LeaseConflict, OutOfSubnets, StoreError
 from .allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
 from .base import DEFAULT_TTL, AcquireRequest, Snapshot
-from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key, subnet_key
+from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
 DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
 HISTORY = 10000
@@ -46,20 +42,27 @@ CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TE
     type TEXT NOT NULL CHECK (type IN ('put', 'delete', 'expire')), value TEXT, expiration REAL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_SOMEONE = LeaseAttrs(public_ip="")  # stands for "another node's" in _acquire_view
 
 
-def _parse_row(key: str, value: str, expiration: float | None) -> Lease:
-    """A Lease from a stored row; raises ValueError naming what is wrong."""
-    subnet, ipv6 = parse_subnet_key(key)
-    attrs = LeaseAttrs.from_json(value)
-    return Lease(subnet if subnet.prefixlen else None, attrs, ipv6, expiration)
+@lru_cache(maxsize=1 << 17)
+def _key_subnets(key: str):
+    """(v4, v6) of a key, or None if malformed; cached, acquire looks at every key."""
+    try:
+        v4, v6 = parse_subnet_key(key)
+    except ValueError:
+        return None
+    return v4 if v4.prefixlen else None, v6
 
 
 def _parse(key: str, value: str, expiration: float | None) -> Lease | LeaseEvent:
+    """A Lease from a stored row, or a REJECTED event saying what is wrong with it."""
     try:
-        return _parse_row(key, value, expiration)
+        subnet, ipv6 = parse_subnet_key(key)
+        attrs = LeaseAttrs.from_json(value)
     except ValueError as exc:
         return LeaseEvent.rejected(key, str(exc))
+    return Lease(subnet if subnet.prefixlen else None, attrs, ipv6, expiration)
 
 
 class SqliteStore:
@@ -76,11 +79,9 @@ class SqliteStore:
         # The last few list() results by revision: a watch from that revision diffs
         # against exactly what the caller saw if history is already gone.
         self._snapshots: dict[int, dict[str, Lease]] = {}
-        try:
+        with self._errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
     @classmethod
     def from_url(cls, url: str, **options) -> "SqliteStore":
@@ -89,7 +90,14 @@ class SqliteStore:
         rest = rest[2:] if rest.startswith("//") else rest  # sqlite:///abs/path works too
         return cls(rest or DEFAULT_PATH, **options)
 
-    # -- connections and transactions -------------------------------------------------
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """sqlite and file errors become StoreError naming the database."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
@@ -121,38 +129,29 @@ class SqliteStore:
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; wakes watchers after COMMIT if anything changed."""
-        try:
-            with self._writer_turn():
-                conn.execute("BEGIN IMMEDIATE")
-                before = conn.total_changes
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from None
-        if conn.total_changes != before:
-            try:  # open+close gives IN_CLOSE_WRITE, which lands strictly after the commit
-                with open(self._notify_path, "a"):
-                    pass
-            except OSError:
-                pass
+        with self._errors(), self._writer_turn():
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        if conn.total_changes != before:  # open+close: IN_CLOSE_WRITE, strictly after COMMIT
+            with suppress(OSError):
+                os.close(os.open(self._notify_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
     @contextmanager
     def _read(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent WAL snapshot for several SELECTs."""
-        try:
+        with self._errors():
             conn.execute("BEGIN")
             try:
                 yield conn
             finally:
                 conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
-    # -- primitives (called inside a write transaction) -------------------------------
 
     def _event(self, conn, key: str, type_: str, value: str | None, expiration: float | None) -> int:
         rev = conn.execute("INSERT INTO events (key, type, value, expiration) VALUES (?, ?, ?, ?)",
@@ -177,11 +176,9 @@ class SqliteStore:
         return row is not None
 
     def _sweep_in(self, conn, now: float) -> int:
-        keys = [k for (k,) in conn.execute(
-            "SELECT key FROM leases WHERE expiration <= ? ORDER BY expiration", (now,))]
-        for key in keys:
-            self._delete(conn, key, "expire")
-        return len(keys)
+        keys = conn.execute("SELECT key FROM leases WHERE expiration <= ? ORDER BY expiration",
+                            (now,)).fetchall()
+        return sum(self._delete(conn, key, "expire") for (key,) in keys)
 
     def _sweep(self, conn) -> bool:
         """Expire due rows; a cheap read first so a quiet store never takes the write lock."""
@@ -193,28 +190,36 @@ class SqliteStore:
 
     def _rows(self, conn) -> tuple[list[Lease], list[LeaseEvent]]:
         leases, rejected = [], []
-        now = self.clock()
-        for key, value, exp in conn.execute(
-                "SELECT key, value, expiration FROM leases WHERE expiration IS NULL "
-                "OR expiration > ? ORDER BY key", (now,)):
+        for key, value, exp in conn.execute("SELECT key, value, expiration FROM leases WHERE "
+                                            "expiration IS NULL OR expiration > ? ORDER BY key",
+                                            (self.clock(),)):
             item = _parse(key, value, exp)
             (rejected if isinstance(item, LeaseEvent) else leases).append(item)
         return leases, rejected
 
-    @staticmethod
-    def _revision(conn) -> int:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return row[0] if row else 0
+    def _acquire_view(self, conn, public_ip: str) -> list[Lease]:
+        """The leases as plan_acquire needs them, in O(rows) cheap steps: only a value that
+        contains our IP can be ours and is parsed; the rest (garbage values included) just
+        occupy their subnet. Full parsing made acquire ~50 us per existing lease."""
+        leases = []
+        for key, value, exp in conn.execute("SELECT key, value, expiration FROM leases WHERE "
+                                            "expiration IS NULL OR expiration > ?", (self.clock(),)):
+            if public_ip in value and isinstance(item := _parse(key, value, exp), Lease):
+                leases.append(item)
+            elif (subnets := _key_subnets(key)) is not None:
+                leases.append(Lease(subnets[0], _SOMEONE, subnets[1], exp))
+        return leases
 
     @staticmethod
-    def _compacted(conn) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE name = 'compacted'").fetchone()
-        return row[0] if row else 0
+    def _heads(conn) -> tuple[int, int]:
+        """(current revision, highest trimmed revision); AUTOINCREMENT never reuses a rev."""
+        return conn.execute("SELECT (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE "
+                            "name = 'events'), (SELECT coalesce(max(value), 0) FROM meta WHERE "
+                            "name = 'compacted')").fetchone()
 
     def _expiry(self, ttl: float | None) -> float | None:
-        return self.clock() + ttl if ttl else None
+        return self.clock() + ttl if ttl else None  # no TTL: a reservation, as in flannel
 
-    # -- LeaseStore ---------------------------------------------------------------------
 
     def network_config(self) -> str | None:
         return None
@@ -223,18 +228,9 @@ class SqliteStore:
         conn = self._conn
         with self._lock, self._write(conn):
             self._sweep_in(conn, self.clock())
-            leases, rejected = self._rows(conn)
-            # A garbage value still holds its subnet: count it as someone else's lease.
-            for bad in rejected:
-                try:
-                    v4, v6 = parse_subnet_key(bad.key)
-                except ValueError:
-                    continue
-                leases.append(Lease(v4 if v4.prefixlen else None, LeaseAttrs(public_ip=""), v6))
-            plan = plan_acquire(request, leases)
+            plan = plan_acquire(request, self._acquire_view(conn, request.attrs.public_ip))
             for lease in plan.delete:
                 self._delete(conn, lease.key)
-            value = request.attrs.to_json()
             if plan.reuse is not None:
                 # flannel keeps a reservation (no expiry) a reservation.
                 exp = None if plan.reuse.expiration is None else self._expiry(request.ttl)
@@ -248,7 +244,7 @@ class SqliteStore:
                 lease = Lease(plan.candidates[0] if plan.candidates else None, request.attrs,
                               plan.ipv6_candidates[0] if plan.ipv6_candidates else None,
                               self._expiry(request.ttl))
-            self._put(conn, lease.key, value, lease.expiration)
+            self._put(conn, lease.key, request.attrs.to_json(), lease.expiration)
         return lease
 
     def renew(self, lease: Lease, ttl: float = DEFAULT_TTL) -> Lease:
@@ -262,7 +258,7 @@ class SqliteStore:
                     raise LeaseConflict(f"lease {lease.key} in {self.path} now belongs to "
                                         f"another node; acquire a new one")
             # Like flannel's Grant + Put: an expired lease that nobody took is re-created.
-            renewed = Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, self._expiry(ttl))
+            renewed = replace(lease, expiration=self._expiry(ttl))
             self._put(conn, lease.key, lease.attrs.to_json(), renewed.expiration)
         return renewed
 
@@ -275,7 +271,7 @@ class SqliteStore:
             self._sweep(conn)
             with self._read(conn):
                 leases, rejected = self._rows(conn)
-                revision = self._revision(conn)
+                revision = self._heads(conn)[0]
             self._snapshots[revision] = {lease.key: lease for lease in leases}
             while len(self._snapshots) > 4:
                 del self._snapshots[min(self._snapshots)]
@@ -290,12 +286,10 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
-    # -- helpers for tests and tools ----------------------------------------------------
 
     def put_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Write a lease as is (another node's, a reservation...); `ttl` overrides its expiry."""
-        stored = Lease(lease.subnet, lease.attrs, lease.ipv6_subnet,
-                       self._expiry(ttl) if ttl else lease.expiration)
+        stored = replace(lease, expiration=self._expiry(ttl) if ttl else lease.expiration)
         self.put_raw(stored.key, stored.attrs.to_json(), expiration=stored.expiration)
         return stored
 
@@ -319,56 +313,53 @@ class _Watcher:
         self.bad: dict[str, str] = {}  # rejected key -> reason, as reported
 
     def run(self, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
-        store = self.store
-        conn = store._connect()
-        notifier = None
-        try:
+        store, notifier = self.store, None
+        with store._errors():
+            conn = store._connect()
+        with suppress(OSError):  # without inotify (limits reached) the 1 s poll still works
             notifier = inotify.Inotify()
             notifier.add_watch(store.path.parent)
-        except OSError:
-            notifier = None  # e.g. inotify limits reached: the 1 s poll still works
-        prefix = store.path.name
         try:
-            last_version, last_yield, check = None, 0.0, True
-            while not stop.is_set():
-                batch: list[LeaseEvent] = []
-                if check:
-                    swept = store._sweep(conn)
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
-                    if swept or version != last_version or self.known is None:
-                        last_version = version
-                        batch = self._step(conn)
-                now = time.monotonic()
-                if batch or now - last_yield >= HEARTBEAT:
-                    last_yield = now
-                    yield batch
-                    if stop.is_set():
-                        return
-                timeout = max(0.0, HEARTBEAT - (time.monotonic() - last_yield))
-                nxt = conn.execute("SELECT min(expiration) FROM leases").fetchone()[0]
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
-                if notifier is None:
-                    time.sleep(timeout)
-                    check = True
-                    continue
-                events = notifier.wait(timeout)
-                ours = [name for name, _ in events if name.startswith(prefix) or not name]
-                check = bool(ours) or not events
-                if ours and conn.execute("PRAGMA data_version").fetchone()[0] == last_version:
-                    # A WAL write can wake us before the commit is visible: look again soon.
-                    notifier.wait(SETTLE)
+            with store._errors():
+                yield from self._loop(conn, notifier, stop)
         finally:
             if notifier is not None:
                 notifier.close()
             conn.close()
 
+    def _loop(self, conn, notifier, stop) -> Iterator[list[LeaseEvent]]:
+        store, prefix = self.store, self.store.path.name
+        last_version, last_yield, check = None, 0.0, True
+        while not stop.is_set():
+            batch: list[LeaseEvent] = []
+            if check:
+                swept = store._sweep(conn)
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if swept or version != last_version or self.known is None:
+                    last_version = version
+                    batch = self._step(conn)
+            if batch or time.monotonic() - last_yield >= HEARTBEAT:
+                last_yield = time.monotonic()
+                yield batch
+                if stop.is_set():
+                    return
+            timeout = max(0.0, HEARTBEAT - (time.monotonic() - last_yield))
+            nxt = conn.execute("SELECT min(expiration) FROM leases").fetchone()[0]
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
+            events = notifier.wait(timeout) if notifier else time.sleep(timeout) or []
+            ours = [name for name, _ in events if name.startswith(prefix) or not name]
+            check = bool(ours) or not events  # a timeout always checks (the fallback poll)
+            if ours and conn.execute("PRAGMA data_version").fetchone()[0] == last_version:
+                # A WAL write can wake us before the commit is visible: look again soon.
+                notifier.wait(SETTLE)
+
     def _step(self, conn) -> list[LeaseEvent]:
         with self.store._read(conn):
-            head = SqliteStore._revision(conn)
+            head, compacted = SqliteStore._heads(conn)
             if self.rev >= head and self.known is not None:
                 return []
-            if self.rev < SqliteStore._compacted(conn) or (self.known is None and self.rev > head):
+            if self.rev < compacted or (self.known is None and self.rev > head):
                 return self._reset(conn, head)
             rows = conn.execute("SELECT rev, key, type, value, expiration FROM events "
                                 "WHERE rev > ? ORDER BY rev", (self.rev,)).fetchall()

@@ -68,3 +68,46 @@ def test_hanging_hook_times_out_and_others_proceed(underlay, netns_prefix, tmp_p
         except OSError:
             pass
     assert not any(c.startswith(b"sleep 1000") for c in cmdlines), cmdlines
+
+
+def test_startup_failure_retries_then_exits_3(underlay, netns_prefix, tmp_path):
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(json.dumps({"Network": "10.80.0.0/16", "Backend": {
+        "Type": "extension", "PostStartupCommand": "echo tried >> post.tries; echo 'no wg module' >&2; exit 1"}}))
+    ns = f"{netns_prefix}n0"
+    underlay.add_node(ns, 0)
+    node = NodeDaemon(ns, conf, f"sqlite:{tmp_path}/leases.db", tmp_path, extra=["--startup-retries", "3"])
+    node.start(wait=False)
+    assert node.proc.wait(30) == 3
+    assert (node.state_dir / "post.tries").read_text().count("tried") == 3
+    log = node.log()
+    assert "PostStartupCommand failed after 3 attempt(s)" in log and "no wg module" in log
+    assert "Traceback" not in log
+
+
+def test_changed_data_removes_old_then_adds_new(underlay, netns_prefix, tmp_path, daemons):
+    rec = 'read D; echo "%s $SUBNET $PUBLIC_IP $D" >> calls'
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(json.dumps({"Network": "10.80.0.0/16", "Backend": {
+        "Type": "extension", "SubnetAddCommand": rec % "add", "SubnetRemoveCommand": rec % "remove"}}))
+    ns = f"{netns_prefix}n0"
+    underlay.add_node(ns, 0)
+    node = NodeDaemon(ns, conf, f"sqlite:{tmp_path}/leases.db", tmp_path)
+    daemons.append(node)
+    node.start()
+    store = SqliteStore(str(tmp_path / "leases.db"))
+    calls = node.state_dir / "calls"
+    value = '{"PublicIP":"192.168.77.%d","PublicIPv6":null,"BackendType":"extension","BackendData":"%s"}'
+    try:
+        store.put_raw("10.80.5.0-24", value % (20, "old-key"))
+        wait_for(lambda: calls.exists() and len(calls.read_text().splitlines()) == 1)
+        store.put_raw("10.80.5.0-24", value % (20, "old-key"))   # a renewal: no change, no hook
+        store.put_raw("10.80.5.0-24", value % (21, "new-key"))   # changed PublicIP and data
+        wait_for(lambda: len(calls.read_text().splitlines()) == 3)
+    finally:
+        store.close()
+    assert calls.read_text().splitlines() == [
+        "add 10.80.5.0/24 192.168.77.20 old-key",
+        "remove 10.80.5.0/24 192.168.77.20 old-key",
+        "add 10.80.5.0/24 192.168.77.21 new-key",
+    ]

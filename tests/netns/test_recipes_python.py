@@ -33,8 +33,12 @@ def _lease(d: dict):
 
 def _child(plan: dict) -> list:
     from flannel_ext import BatchError, HookContext
-    from flannel_ext._hooks.loader import load_python_hook
-    hook = load_python_hook(plan["hook"], plan.get("options", {}), source=plan.get("source", "t.json"))
+    from flannel_ext._config.netconf import load_netconf
+    from flannel_ext._hooks.loader import load_hook, load_python_hook
+    if plan.get("net_conf"):            # a shell (or Python) recipe file, loaded as the runtime does
+        hook = load_hook(load_netconf(plan["net_conf"]))
+    else:
+        hook = load_python_hook(plan["hook"], plan.get("options", {}), source=plan.get("source", "t.json"))
     c = plan["ctx"]
     ctx = HookContext(network=ipaddress.IPv4Network(c["network"]), options=plan.get("options", {}),
                       log=logging.getLogger("test"), state_dir=Path(c.get("state_dir", "/tmp")),
@@ -149,16 +153,16 @@ def tcp_crosses(src_ns: str, src_ip: str, dst_ns: str, dst_ip: str, port: int = 
         server.stdout.close()
 
 
-def vxlan_up(cluster, options: dict | None = None, hook: str = "vxlan") -> dict:
+def vxlan_up(cluster, options: dict | None = None, hook: str = "vxlan", net_conf: str | None = None) -> dict:
     """pre_startup + post_startup on every node, then each adds the others; returns MACs."""
     macs = {}
+    base = {"hook": hook, "options": options or {}, "net_conf": net_conf}
     for ns in cluster.nodes:
-        res = run_hook(ns, {"hook": hook, "options": options or {}, "ctx": cluster.ctx(ns),
-                            "steps": [["pre_startup"], ["post_startup"]]})
+        res = run_hook(ns, {**base, "ctx": cluster.ctx(ns), "steps": [["pre_startup"], ["post_startup"]]})
         assert res[1] == {"ok": None}, res
         macs[ns] = res[0]["ok"]
     for ns in cluster.nodes:
-        res = run_hook(ns, {"hook": hook, "options": options or {}, "ctx": cluster.ctx(ns),
+        res = run_hook(ns, {**base, "ctx": cluster.ctx(ns),
                             "steps": [["subnet_add_batch", cluster.remotes(ns, macs)]]})
         assert res == [{"ok": None}], res
     return macs

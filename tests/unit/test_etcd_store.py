@@ -92,6 +92,9 @@ def test_protocol_and_endpoint_parsing():
         ("http", "127.0.0.1", 4001), ("http", "127.0.0.1", 2379)]
     assert parse_endpoints("https://[::1]:2379") == [("https", "::1", 2379)]
     assert parse_endpoints("etcd://h:1", tls=True) == [("https", "h", 1)]
+    https = EtcdStore.from_url("etcd://h:1", scheme="https", kube_api_url=None)   # run_cmd's options
+    assert https.gateway.endpoints == ["https://h:1"]
+    https.close()
     for bad in ("etcd://", "ftp://h:1", "http://h:port", "http://h:1/v3"):
         with pytest.raises(ConfigError):
             parse_endpoints(bad)
@@ -111,6 +114,19 @@ def test_acquire_writes_flannels_layout_byte_for_byte(etcd_server, store):
     kv = json.loads(etcd_server.etcdctl("get", "-w", "json", out[0]))["kvs"][0]
     ttl = etcd_server.etcdctl("lease", "timetolive", format(kv["lease"], "x"))
     assert "granted with TTL(600s)" in ttl
+
+
+def test_expiration_from_time_to_live_when_asked(etcd_server, store):
+    ours = store.acquire(request(ttl=600))
+    assert store.list().leases[0].expiration == ours.expiration   # ours is known for free
+    plain, with_ttl = store_for(etcd_server), store_for(etcd_server, resolve_ttl=True)
+    try:
+        assert plain.list().leases[0].expiration is None   # others' expiry is opt-in (cost)
+        (listed,) = with_ttl.list().leases
+        assert ours.expiration - 600 <= listed.expiration <= ours.expiration + 1
+    finally:
+        plain.close()
+        with_ttl.close()
 
 
 def test_dual_stack_key(etcd_server, store):

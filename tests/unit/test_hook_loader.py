@@ -231,3 +231,22 @@ def test_event_log_hook_appends_json_lines(tmp_path):
 def test_shipped_classes_pass_validation():
     for cls in (loader.load_hook_class("host-gw"), loader.load_hook_class("vxlan")):
         assert issubclass(cls, Hook) and cls.description
+
+
+def test_recipes_command_lists_python_and_shell_recipes(capsys):
+    from flannel_ext._kits.cli import main
+    assert main(["recipes", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["name"], r["form"]) for r in rows} == {("host-gw", "python"), ("vxlan", "python"),
+                                                      ("host-gw", "shell"), ("vxlan", "shell")}
+    assert all(r["description"] and not r["description"].startswith("(") for r in rows)
+    assert main(["recipes"]) == 0
+    assert "vxlan    python  VXLAN overlay like flannel's native vxlan" in capsys.readouterr().out
+
+
+def test_shell_recipes_parse_as_net_conf():
+    from flannel_ext._config.netconf import load_netconf
+    for name in ("host-gw.json", "vxlan.json"):
+        conf = load_netconf(str(REPO / "recipes" / name))
+        assert conf.backend_type == "extension" and conf.backend_option("SubnetAddCommand")
+    assert load_netconf(str(REPO / "recipes" / "vxlan.json")).backend_option("MTU") == 1450

@@ -7,7 +7,7 @@ import threading
 from contextlib import closing
 
 import pytest
-from kube_fake import SMP, kube_api  # noqa: F401  (fixture)
+import kube_fake
 
 from flannel_ext._cogs.errors import ConfigError, StoreError
 from flannel_ext._config.netconf import NetConf
@@ -18,6 +18,8 @@ from flannel_ext._store.lease import EventType, LeaseAttrs
 
 P = "flannel.alpha.coreos.com/"
 MAC = "aa:bb:cc:dd:ee:ff"
+SMP = kube_fake.SMP
+kube_api = kube_fake.kube_api   # the fixture
 CONFIG = NetConf(network=ipaddress.IPv4Network("10.244.0.0/16"), backend_type="extension")
 
 
@@ -32,7 +34,7 @@ def request(public_ip="192.168.1.10", data=MAC, **kw) -> AcquireRequest:
 
 
 @pytest.fixture
-def make_store(kube_api):  # noqa: F811
+def make_store(kube_api):
     stores = []
 
     def make(node="n1", **options):
@@ -81,13 +83,17 @@ def test_acquire_writes_flannels_exact_annotations_with_a_status_patch(kube_api,
 
 def test_acquire_sets_network_unavailable_false_and_skips_unchanged_annotations(kube_api, make_store):
     kube_api.add_node("n1", "10.244.1.0/24")
+    kube_api.update_node("n1", {"status": {"conditions": [   # as the kubelet/cloud leave them
+        {"type": "Ready", "status": "True", "reason": "KubeletReady"},
+        {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}})
     store = make_store()
     store.acquire(request())
     store.acquire(request())   # a restart: annotations already right
 
     annotation_patches = [b for _, _, b in kube_api.patch_log if b"annotations" in b]
     assert len(annotation_patches) == 1 and len(kube_api.patch_log) == 3
-    (cond,) = kube_api.node("n1")["status"]["conditions"]
+    ready, cond = kube_api.node("n1")["status"]["conditions"]   # merged by type
+    assert ready["type"] == "Ready" and ready["status"] == "True"
     assert {k: cond[k] for k in ("type", "status", "reason", "message")} == {
         "type": "NetworkUnavailable", "status": "False", "reason": "FlannelIsUp",
         "message": "Flannel is running on this node"}
@@ -123,9 +129,10 @@ def test_missing_pod_cidr_is_a_retryable_error_until_assigned(kube_api, make_sto
 
 def test_pod_cidr_outside_network_gives_flannels_error(kube_api, make_store):
     kube_api.add_node("n1", "10.99.1.0/24")
-    with pytest.raises(StoreError, match='subnet "10.244.0.0/16" specified in the flannel net config '
+    with pytest.raises(ConfigError, match='subnet "10.244.0.0/16" specified in the flannel net config '
                                          'doesn\'t contain "10.99.1.0/24" PodCIDR of the "n1" node'):
         make_store().acquire(request())
+    assert kube_api.patch_log == []   # checked before anything is advertised
 
 
 def test_release_and_renew_keep_the_annotations(kube_api, make_store):
@@ -177,7 +184,7 @@ def test_watch_add_modify_delete(kube_api, make_store):
     assert removed.type is EventType.REMOVED and removed.lease == changed.lease
 
     stop.set()
-    assert list(gen) in ([], [[]])   # returns promptly once stop is set
+    assert list(gen) == []   # returns at once when stop is set
 
 
 def test_bad_public_ip_is_rejected_and_others_unaffected(kube_api, make_store):
@@ -252,7 +259,7 @@ def test_bad_annotation_prefix(prefix, problem):
         AnnotationNames.from_prefix(prefix)
 
 
-def test_node_name_from_pod_spec(kube_api):  # noqa: F811
+def test_node_name_from_pod_spec(kube_api):
     kube_api.add_pod("kube-flannel", "kube-flannel-ds-x1", "worker-7")
     env = {"POD_NAME": "kube-flannel-ds-x1", "POD_NAMESPACE": "kube-flannel"}
     store = KubeStore.from_options(kubeconfig=str(kube_api.kubeconfig_path), env=env)
@@ -265,7 +272,7 @@ def test_node_name_from_pod_spec(kube_api):  # noqa: F811
         assert store.node_name == "n9"
 
 
-def test_node_name_errors(kube_api, monkeypatch):  # noqa: F811
+def test_node_name_errors(kube_api, monkeypatch):
     with pytest.raises(StoreError, match="env variables POD_NAME and POD_NAMESPACE must be set"):
         KubeStore.from_options(kubeconfig=str(kube_api.kubeconfig_path), env={"POD_NAME": "p"})
     with pytest.raises(StoreError, match="error retrieving pod spec for 'ns/nope': 404"):

@@ -140,8 +140,8 @@ def test_config_error_exits_2(tmp_path, capsys):
     path = write(tmp_path, SubnetAddCommand=["ip", "route"])
     code, lines, _ = lint(capsys, path)
     assert code == 2
-    assert lines == [line for line in lines if line.startswith(f"{path}: Backend.SubnetAddCommand: error: must be a string")]
     assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: Backend.SubnetAddCommand: error: must be a string")
 
 
 def test_kube_mode_skips_subnet_checks(tmp_path, capsys):
@@ -164,8 +164,6 @@ def test_cli_entry_point(tmp_path):
 @pytest.mark.parametrize("name", ["host-gw.json", "vxlan.json"])
 def test_shipped_recipes_have_no_errors(name, capsys):
     path = REPO / "recipes" / name
-    if not path.exists():
-        pytest.skip(f"recipes/{name} not written yet")
     code, lines, _ = lint(capsys, path)
     assert code <= 1, lines
     assert not [line for line in lines if ": error: " in line]

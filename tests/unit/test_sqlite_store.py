@@ -207,8 +207,8 @@ def test_compaction_relists_and_diffs(db):
     snap = store.list()
     stop = threading.Event()
     watch = store.watch(snap.revision, stop)  # nothing runs until the first next()
+    c = store.acquire(req("192.168.1.3"))  # before a's release: c must not reuse a's subnet
     store.release(a)
-    c = store.acquire(req("192.168.1.3"))
     store.acquire(AcquireRequest(attrs("192.168.1.2", "changed"), CONF))
     store.put_raw("junk", "1")
     first = next(watch)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 from ..cni import CniError, parse_subnet_env
 from .state import Lab, LabError, Node
-from .topology import alive, ip_json
+from .topology import alive, ip_json, spawn
 
 
 def run_argv(lab: Lab, node: Node) -> list[str]:
@@ -32,12 +31,9 @@ def marker(lab: Lab, node: Node) -> str:
 
 def start(lab: Lab, node: Node) -> int:
     os.makedirs(lab.state_dir(node.name), exist_ok=True)
-    with open(lab.log_file(node.name), "ab") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", node.ns, *run_argv(lab, node)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                cwd=lab.node_dir(node.name), start_new_session=True)
-    node.pid = proc.pid
-    return proc.pid
+    node.pid = spawn(["ip", "netns", "exec", node.ns, *run_argv(lab, node)], lab.log_file(node.name),
+                     cwd=lab.node_dir(node.name))
+    return node.pid
 
 
 def running(lab: Lab, node: Node) -> bool:
@@ -47,7 +43,8 @@ def running(lab: Lab, node: Node) -> bool:
 def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
     try:
         with open(lab.log_file(node), encoding="utf-8", errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
+            text = [line.rstrip() for line in f if line.strip()]
+        return "\n".join(text[-lines:]) or "(empty log)"
     except OSError:
         return "(no log)"
 

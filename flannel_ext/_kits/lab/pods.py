@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..._cogs.netns import create_netns, delete_netns
 from .state import Lab, LabError, Node, Pod
-from .topology import alive, kill
+from .topology import alive, kill, spawn
 
 PORT = 7777
 # -S: no site import, so each listener starts in a few ms.
@@ -38,7 +38,10 @@ while True:
 
 
 def cni_argv() -> list[str]:
-    path = shutil.which("flannel-ext-cni")
+    """The installed console script beside this interpreter (not a pyenv-style shim on
+    PATH, which costs more than the plugin itself), else the module."""
+    here = os.path.join(os.path.dirname(sys.executable), "flannel-ext-cni")
+    path = here if os.access(here, os.X_OK) else shutil.which("flannel-ext-cni")
     return [path] if path else [sys.executable, "-m", "flannel_ext._kits.cni"]
 
 
@@ -76,11 +79,8 @@ def invoke_cni(lab: Lab, node: Node, command: str, pod: str) -> dict:
 
 def _start_listener(lab: Lab, pod: Pod) -> int:
     os.makedirs(os.path.dirname(lab.pod_log(pod.name)), exist_ok=True)
-    with open(lab.pod_log(pod.name), "ab") as log:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", pod.name, sys.executable, "-S", "-c", LISTENER, str(PORT), pod.name],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    return proc.pid
+    return spawn(["ip", "netns", "exec", pod.name, sys.executable, "-S", "-c", LISTENER, str(PORT), pod.name],
+                 lab.pod_log(pod.name))
 
 
 def add_pod(lab: Lab, node: Node, k: int) -> Pod:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 from ..._cogs.netns import Underlay, delete_netns, list_netns, sh
@@ -111,15 +112,26 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+_children: list[subprocess.Popen] = []
+
+
+def spawn(argv: list[str], log_path: str, cwd: str | None = None) -> int:
+    """Start a long-lived process in its own session (a Ctrl-C of the lab leaves it be).
+
+    The Popen is kept so that, when the lab runs in-process (tests), its exit is reaped
+    rather than left as a zombie that still looks alive.
+    """
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd,
+                                start_new_session=True)
+    _children.append(proc)
+    return proc.pid
+
+
 def _reap() -> None:
-    """Collect exited children of this process (the lab's own Popen'd daemons)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    for proc in list(_children):
+        if proc.poll() is not None:
+            _children.remove(proc)
 
 
 def ip_json(ns: str, *args: str) -> list:

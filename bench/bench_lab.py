@@ -1,0 +1,128 @@
+"""Lab figures: `lab up` + full matrix wall time, and edit → every node reprogrammed.
+
+    sudo python3 bench/bench_lab.py [--nodes 3 10] [--repeat 3] [--recipe recipes/vxlan.json]
+
+Wall times are for the whole `flannel-ext lab up` command as a user runs it (interpreter
+start, namespaces, daemons, leases, CNI pods, routes, the all-pairs matrix). The reload
+figure starts at the write of net-conf.json (host-gw → Python vxlan) and stops when every
+node routes every other subnet through its vxlan device, then when the matrix passes.
+Issue 4's targets: 3 nodes ≤ 5 s, 10 nodes ≤ 15 s, reload ≤ 2 s for 3 nodes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from flannel_ext._kits.lab import check, topology
+from flannel_ext._kits.lab.state import Lab
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def lab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flannel_ext._kits.cli", "lab", *args],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def timed_up(name: str, nodes: int, net_conf: str) -> tuple[float, bool, str]:
+    start = time.monotonic()
+    proc = lab("up", "--name", name, "--nodes", str(nodes), "--net-conf", net_conf)
+    wall = time.monotonic() - start
+    return wall, proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def steps_of(output: str) -> str:
+    """'nodes 0.2 daemons 0.0 …' from the progress lines."""
+    parts = []
+    for line in output.splitlines():
+        if line.startswith("[") and line.rstrip().endswith("s"):
+            label = line.split("]", 1)[1].split()[0]
+            parts.append(f"{label} {line.rstrip()[:-1].split()[-1]}")
+    return ", ".join(parts)
+
+
+def on_vxlan(lab_: Lab) -> bool:
+    for node in lab_.nodes.values():
+        kinds = {l["ifname"]: l.get("linkinfo", {}).get("info_kind")
+                 for l in topology.ip_json(node.ns, "-d", "link", "show")}
+        routes = {r["dst"]: r.get("dev") for r in topology.ip_json(node.ns, "route", "show")}
+        for other in lab_.nodes.values():
+            if other is not node and kinds.get(routes.get(other.subnet)) != "vxlan":
+                return False
+    return True
+
+
+def reload_time(name: str, workdir: pathlib.Path) -> tuple[float, float]:
+    net_conf = workdir / "net-conf.json"
+    shutil.copy(REPO / "recipes" / "host-gw.json", net_conf)
+    network = json.loads(net_conf.read_text())["Network"]
+    wall, ok, out = timed_up(name, 3, str(net_conf))
+    if not ok:
+        raise SystemExit(f"lab up failed:\n{out}")
+    state = Lab.load(name)
+    start = time.monotonic()
+    net_conf.write_text(json.dumps({"Network": network, "Backend": {"Type": "extension", "Hook": "vxlan"}}))
+    while not on_vxlan(state):
+        if time.monotonic() - start > 60:
+            raise SystemExit("nodes were not reprogrammed within 60 s")
+        time.sleep(0.01)
+    programmed = time.monotonic() - start
+    while not check.run_check(state, timeout=1.0).ok:
+        if time.monotonic() - start > 60:
+            raise SystemExit("matrix did not pass within 60 s of the edit")
+    return programmed, time.monotonic() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--recipe", default=str(REPO / "recipes" / "vxlan.json"))
+    p.add_argument("--name", default="bench")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    rows = []
+    for n in args.nodes:
+        walls = []
+        for _ in range(args.repeat):
+            lab("down", "--name", args.name)
+            wall, ok, out = timed_up(args.name, n, args.recipe)
+            lab("down", "--name", args.name)
+            if not ok:
+                raise SystemExit(f"lab up --nodes {n} failed:\n{out}")
+            walls.append(wall)
+            print(f"  {n:>2} nodes: {wall:5.2f}s  ({steps_of(out)})", flush=True)
+        rows.append((f"lab up + full matrix, {n} nodes x 2 pods ({pathlib.Path(args.recipe).name})",
+                     statistics.median(walls), max(walls), 5.0 if n <= 3 else 15.0 if n <= 10 else None))
+    programmed, matrix = [], []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            lab("down", "--name", args.name)
+            try:
+                a, b = reload_time(args.name, pathlib.Path(tmp))
+            finally:
+                lab("down", "--name", args.name)
+        programmed.append(a)
+        matrix.append(b)
+        print(f"  reload: programmed {a:5.2f}s, matrix {b:5.2f}s", flush=True)
+    rows.append(("edit host-gw -> vxlan: all 3 nodes reprogrammed", statistics.median(programmed),
+                 max(programmed), 2.0))
+    rows.append(("edit host-gw -> vxlan: full matrix passes", statistics.median(matrix), max(matrix), None))
+    print(f"\n{'measure':<58} {'median':>7} {'max':>7} {'target':>7}")
+    for label, med, worst, target in rows:
+        print(f"{label:<58} {med:6.2f}s {worst:6.2f}s {'' if target is None else f'{target:.0f}s':>7}")
+    print(f"({args.repeat} runs each, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
