@@ -34,7 +34,11 @@ def _free_port() -> int:
 class EtcdServer:
     """One single-member etcd on 127.0.0.1 with its own data dir."""
 
-    def __init__(self, data_dir: str | None = None, *, start_timeout: float = 20.0):
+    def __init__(self, data_dir: str | None = None, *, start_timeout: float = 20.0,
+                 netns: str | None = None, host: str = "127.0.0.1"):
+        # With `netns`, etcd runs inside that namespace on `host` (e.g. the lab's hub), so
+        # daemons in node namespaces can reach it; the root namespace is never involved.
+        self.netns, self.host = netns, host
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="flannel-ext-etcd-")
         self.client_port, self.peer_port = _free_port(), _free_port()
@@ -44,7 +48,7 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -53,8 +57,8 @@ class EtcdServer:
     def start(self) -> "EtcdServer":
         if self.proc is not None:
             return self
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        argv = [ETCD, "--name", "test", "--data-dir", os.path.join(self.data_dir, "member-data"),
+        peer = f"http://{self.host}:{self.peer_port}"
+        argv = self._in_ns() + [ETCD, "--name", "test", "--data-dir", os.path.join(self.data_dir, "member-data"),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"test={peer}", "--logger", "zap", "--log-level", "error"]
@@ -69,7 +73,14 @@ class EtcdServer:
             time.sleep(0.05)
         return self
 
+    def _in_ns(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
     def _healthy(self) -> bool:
+        if self.netns:
+            res = subprocess.run(self._in_ns() + [ETCDCTL, "--endpoints", self.endpoint, "endpoint", "health"],
+                                 capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3"))
+            return res.returncode == 0
         try:
             with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as resp:
                 return b'"true"' in resp.read()
@@ -99,7 +110,7 @@ class EtcdServer:
     def etcdctl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         """Run etcdctl (API v3) against this server; returns stdout."""
         env = dict(os.environ, ETCDCTL_API="3")
-        res = subprocess.run([ETCDCTL, "--endpoints", self.endpoint, *args], input=input,
+        res = subprocess.run(self._in_ns() + [ETCDCTL, "--endpoints", self.endpoint, *args], input=input,
                              capture_output=True, text=True, env=env, timeout=30)
         if check and res.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
