@@ -153,7 +153,11 @@ def test_daemonset_matches_kube_flannel_yml(netconf):
     assert env["NODE_NAME"] == "spec.nodeName"
     assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert sorted(host.values()) == ["/etc/cni/net.d", "/opt/cni/bin", "/run/flannel", "/run/xtables.lock"]
+    assert sorted(host.values()) == ["/etc/cni/net.d", "/opt/cni/bin", "/run/flannel", "/run/xtables.lock",
+                                     "/var/lib/flannel-ext"]
+    # the programmed-state file survives a pod restart, so the new pod can reconcile
+    assert host[next(n for n, p in {m["name"]: m["mountPath"] for m in main["volumeMounts"]}.items()
+                     if p == "/var/lib/flannel-ext")] == "/var/lib/flannel-ext"
     cfg = next(v for v in pod["volumes"] if "configMap" in v)
     assert cfg["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}

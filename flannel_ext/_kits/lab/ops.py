@@ -85,7 +85,9 @@ def _start_daemons(lab: Lab, nodes) -> str:
     for node in nodes:
         daemons.start(lab, node)
     lab.save()
-    return "flannel-ext run in " + ", ".join(f"{n.ns} (pid {n.pid})" for n in nodes)[:48]
+    pids = ", ".join(str(n.pid) for n in nodes)
+    return f"{len(nodes)} x flannel-ext run --watch, pid {pids}"[:56] if lab.watch else \
+        f"{len(nodes)} x flannel-ext run, pid {pids}"[:56]
 
 
 def _wait_leases(lab: Lab, nodes, timeout: float) -> str:
