@@ -70,13 +70,18 @@ def alive(pid: int, marker: str) -> bool:
     """True if `pid` runs and is still the process we started (its argv holds `marker`)."""
     if pid <= 0:
         return False
+    own = next((p for p in _children if p.pid == pid), None)
+    if own is not None:  # started by this process: its exit status is the truth
+        return own.poll() is None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                return False  # a zombie we have not reaped is as good as gone
+            if f.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X"):
+                return False  # exited, not yet reaped by its parent
     except (OSError, IndexError):
         return False
-    return marker in cmdline(pid)
+    argv = cmdline(pid)
+    # Empty while the process is inside execve (`ip netns exec` becoming the daemon).
+    return not argv or marker in argv
 
 
 def terminate(procs: list[tuple[int, str]], grace: float = 5.0) -> list[int]:
