@@ -63,22 +63,29 @@ def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str |
                   watch=watch)
         lab.save()
         steps = _Steps(6, out)
-
-        def make_nodes():
-            topology.create_hub(lab)
-            for i in range(1, nodes + 1):
-                topology.add_node(lab, f"n{i}")
-                lab.save()
-            return f"{nodes} node namespaces + {name}-hub on {underlay_cidr}"
-        steps.run("nodes", make_nodes)
-        steps.run("daemons", lambda: _start_daemons(lab, list(lab.nodes.values())))
-        steps.run("leases", lambda: _wait_leases(lab, list(lab.nodes.values()), timeout))
-        steps.run("pods", lambda: _add_pods(lab, list(lab.nodes.values()), pods_per_node))
-        steps.run("routes", lambda: _wait_routes(lab, timeout))
-        report = _matrix(lab, steps)
+        try:
+            report = _up_steps(lab, steps, nodes, pods_per_node, timeout)
+        except BaseException:
+            out(f"lab {name} left as it is for inspection; `flannel-ext lab down --name {name}` removes it")
+            raise
         steps.done(f"lab {name} up" + ("" if report.ok else " with failures"))
     out(check.format_text(report))
     return report
+
+
+def _up_steps(lab: Lab, steps: _Steps, nodes: int, pods_per_node: int, timeout: float) -> check.Report:
+    def make_nodes():
+        topology.create_hub(lab)
+        for i in range(1, nodes + 1):
+            topology.add_node(lab, f"n{i}")
+            lab.save()
+        return f"{nodes} node namespaces + {lab.name}-hub on {lab.underlay_cidr}"
+    steps.run("nodes", make_nodes)
+    steps.run("daemons", lambda: _start_daemons(lab, list(lab.nodes.values())))
+    steps.run("leases", lambda: _wait_leases(lab, list(lab.nodes.values()), timeout))
+    steps.run("pods", lambda: _add_pods(lab, list(lab.nodes.values()), pods_per_node))
+    steps.run("routes", lambda: _wait_routes(lab, timeout))
+    return _matrix(lab, steps)
 
 
 def _start_daemons(lab: Lab, nodes) -> str:
