@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from flannel_ext._cogs.netns import create_netns, list_netns, sh
+from flannel_ext._cogs.netns import list_netns, sh
 from flannel_ext._kits.lab import check, daemons, pods, topology
 from flannel_ext._kits.lab.state import Lab, lab_dir
 

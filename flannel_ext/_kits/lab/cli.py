@@ -121,7 +121,7 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    from . import ops
+    from . import daemons
     lab = Lab.load(args.name)
     if args.node not in lab.nodes:
         raise LabError(f"lab {args.name!r} has no node {args.node!r} (nodes: {', '.join(lab.nodes)})")
@@ -133,7 +133,7 @@ def _logs(args) -> int:
                     return 0
                 time.sleep(0.2)
                 continue
-            text = line.rstrip("\n") if args.raw else ops.render_log_line(line, args.hooks)
+            text = line.rstrip("\n") if args.raw else daemons.render_log_line(line, args.hooks)
             if text is not None:
                 try:
                     _out(text)

@@ -43,7 +43,7 @@ def running(lab: Lab, node: Node) -> bool:
 def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
     try:
         with open(lab.log_file(node), encoding="utf-8", errors="replace") as f:
-            text = [line.rstrip() for line in f if line.strip()]
+            text = [render_log_line(line) or "" for line in f if line.strip()]
         return "\n".join(text[-lines:]) or "(empty log)"
     except OSError:
         return "(no log)"
@@ -114,3 +114,19 @@ def wait_routes(lab: Lab, timeout: float, gone: tuple[str, ...] = ()) -> dict[st
         if not wrong or time.monotonic() > deadline:
             return wrong
         time.sleep(0.05)
+
+
+def render_log_line(line: str, hooks_only: bool = False) -> str | None:
+    """A daemon JSON log line as text (other lines as they are); None when filtered out."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None if hooks_only else line.rstrip("\n")
+    if not isinstance(doc, dict):
+        return line.rstrip("\n")
+    if hooks_only and "hook" not in doc:
+        return None
+    ts = doc.get("ts")
+    when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else "-"
+    text = f"{when} {str(doc.get('level', '')).upper()[:1]} {doc.get('logger', '')}: {doc.get('msg', '')}"
+    return text + ("\n" + doc["exc"] if doc.get("exc") else "")

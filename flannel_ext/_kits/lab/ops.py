@@ -6,7 +6,6 @@ record after each step, so `down` always knows what a half-finished `up` left be
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -260,19 +259,3 @@ def format_status(lab: Lab, rows: list[dict]) -> str:
                      f"{r['leases_known']:>6} {r['hook_calls']:>6} {r['hook_failures']:>6} "
                      f"{r['rejected']:>8}  " + " ".join(f"{k.rsplit('-', 1)[1]}={v}" for k, v in r["pods"].items()))
     return "\n".join(lines)
-
-
-def render_log_line(line: str, hooks_only: bool = False) -> str | None:
-    """A daemon JSON log line as text (other lines as they are); None when filtered out."""
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None if hooks_only else line.rstrip("\n")
-    if not isinstance(doc, dict):
-        return line.rstrip("\n")
-    if hooks_only and "hook" not in doc:
-        return None
-    ts = doc.get("ts")
-    when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else "-"
-    text = f"{when} {str(doc.get('level', '')).upper()[:1]} {doc.get('logger', '')}: {doc.get('msg', '')}"
-    return text + ("\n" + doc["exc"] if doc.get("exc") else "")
