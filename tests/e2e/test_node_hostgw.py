@@ -6,21 +6,16 @@ import signal
 
 import pytest
 
+from examples import FLANNEL_EXAMPLES
 from flannel_ext._store.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, routes, wait_for
 
-EXAMPLES = "/work/shared/flannel-examples"
 
 
 @pytest.fixture
 def hostgw_conf(tmp_path):
-    import os
-    src = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "flannel-examples",
-                       "extension-hostgw.json")
-    if not os.path.exists(src):
-        src = os.path.join(EXAMPLES, "extension-hostgw.json")
     dst = tmp_path / "net-conf.json"
-    shutil.copy(src, dst)  # verbatim
+    shutil.copy(FLANNEL_EXAMPLES / "extension-hostgw.json", dst)  # verbatim
     return dst
 
 

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
+from examples import FLANNEL_EXAMPLES
 from flannel_ext.testing import routes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HOSTGW_CONFS = [ROOT / "recipes" / "host-gw.json", ROOT.parent / "shared" / "flannel-examples" / "extension-hostgw.json"]
+HOSTGW_CONFS = [ROOT / "recipes" / "host-gw.json", FLANNEL_EXAMPLES / "extension-hostgw.json"]
 
 
 def hook(ns, *args):

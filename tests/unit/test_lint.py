@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from examples import FLANNEL_EXAMPLES as EXAMPLES
+
 from flannel_ext._kits.cli import main
 from flannel_ext._kits.lint import check_command, lint_file
 
-EXAMPLES = Path("/work/shared/flannel-examples")
 REPO = Path(__file__).resolve().parents[2]
 needs_shellcheck = pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from examples import FLANNEL_EXAMPLES as EXAMPLES
+
 from flannel_ext._cogs.errors import ConfigError
 from flannel_ext._config.netconf import load_netconf, parse_netconf
 
-EXAMPLES = Path("/work/shared/flannel-examples")
 EXT = {"Type": "extension"}
 
 
