@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from .._cogs.files import write_atomic
+
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 # As flannel's plugin (libcni `version.All`); also exactly what Debian's bridge 1.1.1 speaks.
@@ -194,21 +196,12 @@ def _saved_path(conf: dict, container_id: str) -> str:
     return os.path.join(conf["dataDir"], container_id)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # -- commands -----------------------------------------------------------------------------
 
 def cmd_add(conf: dict, environ: dict) -> str:
     delegate = build_delegate(conf, parse_subnet_env(conf["subnetFile"]))
     try:  # saved first, like flannel, so a DEL after a failed ADD still cleans up
-        _write_atomic(_saved_path(conf, environ["CNI_CONTAINERID"]), json.dumps(delegate).encode())
+        write_atomic(_saved_path(conf, environ["CNI_CONTAINERID"]), json.dumps(delegate), 0o600, dir_mode=0o700)
     except OSError as exc:
         raise CniError(IO_FAILURE, "cannot save the delegate config", str(exc))
     return exec_plugin(delegate["type"], "ADD", delegate, environ)

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 
 from ..._cogs.errors import FlannelExtError
+from ..._cogs.files import write_atomic
 
 DEFAULT_ROOT = "/run/flannel-ext/lab"
 # No "-" in lab or node names: then "<lab>-" prefixes exactly this lab's namespaces and
@@ -120,13 +121,7 @@ class Lab:
 
     # -- persistence ------------------------------------------------------------------
     def save(self) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        path = os.path.join(self.dir, "lab.json")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_atomic(os.path.join(self.dir, "lab.json"), json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, name: str) -> "Lab":
