@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from flannel_ext._cogs.netns import ip_json
 from flannel_ext._kits.lab import check, topology
 from flannel_ext._kits.lab.state import Lab
 
@@ -53,8 +54,8 @@ def steps_of(output: str) -> str:
 def on_vxlan(lab_: Lab) -> bool:
     for node in lab_.nodes.values():
         kinds = {l["ifname"]: l.get("linkinfo", {}).get("info_kind")
-                 for l in topology.ip_json(node.ns, "-d", "link", "show")}
-        routes = {r["dst"]: r.get("dev") for r in topology.ip_json(node.ns, "route", "show")}
+                 for l in ip_json(node.ns, "-d", "link", "show")}
+        routes = {r["dst"]: r.get("dev") for r in ip_json(node.ns, "route", "show")}
         for other in lab_.nodes.values():
             if other is not node and kinds.get(routes.get(other.subnet)) != "vxlan":
                 return False

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from ._cogs import netns as _netns
 from ._cogs.netns import Underlay, delete_netns, list_netns
 
 _counter = itertools.count()
@@ -142,11 +143,8 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 
 
 def ip_json(ns: str, *args: str):
-    """`ip -j ARGS` inside namespace `ns`, parsed."""
-    import json
-    import subprocess
-    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
-    return json.loads(out or "[]")
+    """`ip -j ARGS` inside namespace `ns`, parsed; a failure fails the test."""
+    return _netns.ip_json(ns, *args, check=True)
 
 
 def routes(ns: str) -> list[dict]:

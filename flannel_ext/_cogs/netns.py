@@ -7,6 +7,7 @@ its own "hub" namespace, and each node namespace gets one veth into it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -23,6 +24,19 @@ def sh(argv: list[str], *, check: bool = True, input: str | None = None, timeout
     if check and proc.returncode != 0:
         raise CommandError(argv, proc.returncode, proc.stdout, stderr=proc.stderr)
     return proc
+
+
+def ip_json(ns: str | None, *args: str, check: bool = False) -> list:
+    """`ip -j ARGS` (inside namespace `ns` when given), parsed; [] on failure unless `check`."""
+    proc = sh(["ip", *(["-n", ns] if ns else []), "-j", *args], check=check)
+    if proc.returncode != 0:
+        return []
+    try:
+        return json.loads(proc.stdout or "[]")
+    except ValueError:
+        if check:
+            raise
+        return []
 
 
 def in_ns(ns: str | None, argv: list[str]) -> list[str]:

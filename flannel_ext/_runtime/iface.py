@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import ipaddress
-import json
-import subprocess
 from dataclasses import dataclass
 
 from .._cogs.errors import ConfigError
+from .._cogs.netns import ip_json
 
 
 @dataclass(frozen=True)
@@ -17,15 +16,8 @@ class ExternalInterface:
     address6: str | None = None
 
 
-def _ip_json(*args: str) -> list:
-    proc = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return []
-    return json.loads(proc.stdout or "[]")
-
-
 def _links() -> list[dict]:
-    return _ip_json("addr", "show")
+    return ip_json(None, "addr", "show")
 
 
 def _describe(link: dict) -> ExternalInterface:
@@ -55,7 +47,7 @@ def find_interface(iface: str | None = None, public_ip: str | None = None) -> Ex
         for link in links:
             if public_ip in [a.get("local") for a in link.get("addr_info", [])]:
                 return _describe(link)
-    routes = _ip_json("route", "show", "default")
+    routes = ip_json(None, "route", "show", "default")
     if routes and routes[0].get("dev"):
         for link in links:
             if link["ifname"] == routes[0]["dev"]:

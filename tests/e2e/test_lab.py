@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from flannel_ext._cogs.netns import list_netns, sh
+from flannel_ext._cogs.netns import ip_json, list_netns, sh
 from flannel_ext._kits.lab import check, daemons, pods, topology
 from flannel_ext._kits.lab.state import Lab, lab_dir
 
@@ -108,7 +108,7 @@ def test_up_gives_a_full_matrix(lab_name, tmp_path, kind):
 
 def _kernel(ns: str) -> tuple[list, list, list]:
     fdb = json.loads(sh(["bridge", "-n", ns, "-j", "fdb", "show"]).stdout or "[]")
-    return topology.ip_json(ns, "route", "show"), topology.ip_json(ns, "neigh", "show"), fdb
+    return ip_json(ns, "route", "show"), ip_json(ns, "neigh", "show"), fdb
 
 
 def test_rm_node_cleans_the_others_and_add_node_is_reachable(lab_name, tmp_path):
@@ -143,7 +143,7 @@ def test_rm_node_cleans_the_others_and_add_node_is_reachable(lab_name, tmp_path)
 
 def _vxlan_everywhere(lab: Lab) -> bool:
     return all(any(l.get("linkinfo", {}).get("info_kind") == "vxlan"
-                   for l in topology.ip_json(n.ns, "-d", "link", "show")) and
+                   for l in ip_json(n.ns, "-d", "link", "show")) and
                not daemons.missing_routes(lab, [n]) for n in lab.nodes.values())
 
 
@@ -233,7 +233,7 @@ def test_check_hints_name_the_missing_route_neighbour_and_fdb(netns_prefix, tmp_
                 "local", node.ip, "dstport", "8472", "nolearning"])
             sh(["ip", "-n", node.ns, "link", "set", "flannel.1", "mtu", "1450", "up"])
             sh(["ip", "-n", node.ns, "addr", "add", node.subnet.replace(".0/24", ".0/32"), "dev", "flannel.1"])
-            macs[node.name] = topology.ip_json(node.ns, "link", "show", "flannel.1")[0]["address"]
+            macs[node.name] = ip_json(node.ns, "link", "show", "flannel.1")[0]["address"]
         for node, peer in ((a, b), (b, a)):
             gw = peer.subnet.replace(".0/24", ".0")
             sh(["ip", "-n", node.ns, "neigh", "replace", gw, "lladdr", macs[peer.name], "dev", "flannel.1", "nud", "permanent"])

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..._cogs.netns import sh
+from ..._cogs.netns import ip_json, sh
 from .pods import PORT, listener_alive
 from .probe import Target, probe
 from .state import Lab, Node
-from .topology import ip_json
 
 
 @dataclass

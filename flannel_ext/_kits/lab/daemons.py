@@ -11,9 +11,10 @@ import os
 import sys
 import time
 
+from ..._cogs.netns import ip_json
 from ..cni import CniError, parse_subnet_env
 from .state import Lab, LabError, Node
-from .topology import alive, ip_json, spawn
+from .topology import alive, spawn
 
 
 def run_argv(lab: Lab, node: Node) -> list[str]:

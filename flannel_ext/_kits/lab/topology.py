@@ -9,13 +9,12 @@ command line still carries the marker it was started with (PIDs get reused).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 
-from ..._cogs.netns import Underlay, delete_netns, list_netns, sh
+from ..._cogs.netns import Underlay, delete_netns, list_netns
 from .state import Lab, LabError, Node, check_name
 
 
@@ -139,9 +138,3 @@ def _reap() -> None:
             _children.remove(proc)
 
 
-def ip_json(ns: str, *args: str) -> list:
-    out = sh(["ip", "-n", ns, "-j", *args], check=False).stdout
-    try:
-        return json.loads(out or "[]")
-    except ValueError:
-        return []
