@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from flannel_ext._cogs.netns import ip_json
-from flannel_ext._kits.lab import check, topology
+from flannel_ext._kits.lab import check
 from flannel_ext._kits.lab.state import Lab
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
