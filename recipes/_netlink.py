@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
-from flannel_ext import BatchError, RemoteLease, TemporaryError
+from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
 
 NETLINK_ROUTE, SOL_NETLINK = 0, 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
@@ -246,3 +246,26 @@ def raise_failures(failures: dict[str, BaseException], leases: Sequence[RemoteLe
 def key_of(lease: RemoteLease) -> str:
     """The tag naming a lease in BatchError: flannel's key, or the subnet when unset."""
     return lease.key or str(lease.subnet)
+
+
+class BatchedRecipe(Hook):
+    """A recipe whose single and batch calls are all one ``_apply(op, leases, ctx)``.
+
+    ``op`` is "replace" for SubnetAdd and "del" for SubnetRemove; `_apply` raises
+    BatchError naming only the leases that failed.
+    """
+
+    def subnet_add(self, lease: RemoteLease, ctx: HookContext) -> None:
+        self._apply("replace", [lease], ctx)
+
+    def subnet_remove(self, lease: RemoteLease, ctx: HookContext) -> None:
+        self._apply("del", [lease], ctx)
+
+    def subnet_add_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        self._apply("replace", leases, ctx)
+
+    def subnet_remove_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        self._apply("del", leases, ctx)
+
+    def _apply(self, op: str, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+        raise NotImplementedError

@@ -15,27 +15,15 @@ from typing import Sequence
 
 from pyroute2 import IPRoute
 
-from flannel_ext import Hook, HookContext, PermanentError, RemoteLease
+from flannel_ext import HookContext, PermanentError, RemoteLease
 
 from . import _netlink
 
 
-class HostGwHook(Hook):
+class HostGwHook(_netlink.BatchedRecipe):
     description = "Route each remote subnet via the node's public IP (nodes share one L2 segment)"
     # Native host-gw leases carry no backend data, so mixed clusters just work.
     accepts_backend_types = ("extension", "host-gw")
-
-    def subnet_add(self, lease: RemoteLease, ctx: HookContext) -> None:
-        self._apply("replace", [lease], ctx)
-
-    def subnet_remove(self, lease: RemoteLease, ctx: HookContext) -> None:
-        self._apply("del", [lease], ctx)
-
-    def subnet_add_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
-        self._apply("replace", leases, ctx)
-
-    def subnet_remove_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
-        self._apply("del", leases, ctx)
 
     def _apply(self, op: str, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
         oif = _iface_index(ctx)

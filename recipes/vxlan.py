@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flannel_ext import Hook, HookContext, PermanentError, RemoteLease, TemporaryError
+from flannel_ext import HookContext, PermanentError, RemoteLease, TemporaryError
 
 from . import _netlink
 
@@ -43,7 +43,7 @@ def _flag(value: Any) -> bool:
     return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
 
 
-class VxlanHook(Hook):
+class VxlanHook(_netlink.BatchedRecipe):
     description = "VXLAN overlay like flannel's native vxlan (flannel.<VNI>, neigh+FDB+route per node)"
     # Native vxlan leases carry {"VNI":1,"VtepMAC":"…"}: accepting them allows mixed clusters.
     accepts_backend_types = ("extension", "vxlan")
@@ -102,18 +102,6 @@ class VxlanHook(Hook):
         return self._base_mtu(ctx) - VXLAN_OVERHEAD
 
     # --- remote leases -------------------------------------------------------------
-    def subnet_add(self, lease: RemoteLease, ctx: HookContext) -> None:
-        self._apply("replace", [lease], ctx)
-
-    def subnet_remove(self, lease: RemoteLease, ctx: HookContext) -> None:
-        self._apply("del", [lease], ctx)
-
-    def subnet_add_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
-        self._apply("replace", leases, ctx)
-
-    def subnet_remove_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
-        self._apply("del", leases, ctx)
-
     def parse_backend_data(self, lease: RemoteLease) -> str:
         """The VTEP MAC from a MAC string or flannel's ``{"VNI":1,"VtepMAC":"…"}``."""
         value: Any = lease.backend_data
