@@ -33,6 +33,7 @@ from etcd_server import ETCDCTL, EtcdServer  # noqa: E402
 
 from flannel_ext._store.etcd import EtcdStore  # noqa: E402
 from flannel_ext._store.etcd_watch import prefix_end  # noqa: E402
+from _common import pct  # noqa: E402
 
 PREFIX = "/coreos.com/network/subnets/"
 
@@ -190,11 +191,6 @@ def list_baseline(server: EtcdServer, reps: int) -> list[float]:
         times.append((time.perf_counter() - t0) * 1000)
     client.session.close()
     return times
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def main() -> int:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,13 +23,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from flannel_ext._cogs.netns import Underlay  # noqa: E402
 from flannel_ext._store.sqlite import SqliteStore  # noqa: E402
 from flannel_ext.testing import NodeDaemon, wait_for  # noqa: E402
+from _common import pct  # noqa: E402
 
 VALUE = '{"PublicIP":"192.168.91.%d","PublicIPv6":null,"BackendType":"extension"}'
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def bench_store_watch(db: str, events: int) -> list[float]:

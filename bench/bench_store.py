@@ -29,14 +29,10 @@ from flannel_ext._config.netconf import NetConf  # noqa: E402
 from flannel_ext._store.base import AcquireRequest  # noqa: E402
 from flannel_ext._store.lease import EventType, Lease, LeaseAttrs  # noqa: E402
 from flannel_ext._store.sqlite import SqliteStore  # noqa: E402
+from _common import pct  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 CONF = NetConf(network=ipaddress.IPv4Network("10.0.0.0/8"), subnet_len=24)
-
-
-def pct(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def _watch_store(path, out, stop, ready):
