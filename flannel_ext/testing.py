@@ -129,8 +129,9 @@ class NodeDaemon:
             self.proc.wait()
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll until `predicate()` is truthy; returns its value, or raises AssertionError."""
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, *, what: str = ""):
+    """Poll until `predicate()` is truthy; returns its value, or raises AssertionError
+    naming `what` (or the predicate)."""
     import time
     deadline = time.monotonic() + timeout
     while True:
@@ -138,7 +139,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+            raise AssertionError(f"gave up after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
 
 

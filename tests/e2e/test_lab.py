@@ -14,12 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from flannel_ext._cogs.netns import ip_json, list_netns, sh
 from flannel_ext._kits.lab import check, daemons, pods, topology
+from flannel_ext import testing
 from flannel_ext._kits.lab.state import Lab, lab_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -50,14 +50,7 @@ def recipe(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
 
 
 def wait_for(what: str, predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.1)
+    return testing.wait_for(predicate, timeout, 0.1, what=what)
 
 
 def check_json(name: str, wait: float = 0) -> dict:
