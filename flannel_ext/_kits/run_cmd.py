@@ -116,12 +116,17 @@ def store_options(args) -> dict:
     return {}
 
 
-def load_config(args, store):
+def _check_subnets(args) -> bool:
+    # kube mode takes PodCIDRs; flannel never checks SubnetLen/Min/Max there
+    return store_url(args) != "kube"
+
+
+def load_config(args, store=None):
     """net-conf.json from --net-conf, else the store's own config (etcd), as flanneld does."""
-    check = store_url(args) != "kube"  # kube mode takes PodCIDRs; flannel never checks SubnetLen
+    check = _check_subnets(args)
     if args.net_conf:
         return load_netconf(args.net_conf, check_subnets=check)
-    text = store.network_config()
+    text = store.network_config() if store is not None else None
     if text is not None:
         return parse_netconf(text, source=f"{store_url(args)} {args.etcd_prefix}/config", check_subnets=check)
     return load_netconf("/etc/kube-flannel/net-conf.json", check_subnets=check)
@@ -141,11 +146,11 @@ def _check_args(args) -> None:
 def run(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level, node=args.node_name)
     _check_args(args)
-    if args.net_conf:  # fail fast on a bad file, before touching any store
-        load_netconf(args.net_conf, check_subnets=store_url(args) != "kube")
+    # A --net-conf file is read before any store is touched, so a bad file fails fast.
+    config = load_config(args) if args.net_conf else None
     store = open_store(store_url(args), **store_options(args))
     try:
-        config = load_config(args, store)
+        config = config or load_config(args, store)
         hook = load_hook(config)
         iface = find_interface(args.iface, args.public_ip)
         public_ip = args.public_ip or iface.address
@@ -196,7 +201,7 @@ def _start_reload_watch(args, runtime: NodeRuntime):
     from .reload import ReloadWatcher
 
     def load():
-        config = load_netconf(args.net_conf, check_subnets=store_url(args) != "kube")
+        config = load_config(args)
         return config, load_hook(config)
     runtime.reload_source = load
     watcher = ReloadWatcher(args.net_conf, runtime)
