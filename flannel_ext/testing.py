@@ -5,9 +5,16 @@ it is deleted at teardown, even when the test fails.
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import json
 import os
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -49,7 +56,6 @@ class NodeDaemon:
 
     def __init__(self, ns: str, net_conf, store: str, workdir, *, iface: str = "eth0", extra=(),
                  env: dict | None = None):
-        import pathlib
         self.ns, self.net_conf, self.store = ns, str(net_conf), store
         self.dir = pathlib.Path(workdir) / ns
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -61,15 +67,12 @@ class NodeDaemon:
 
     @property
     def argv(self) -> list[str]:
-        import sys
         return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "flannel_ext._kits.cli", "run",
                 "--net-conf", self.net_conf, "--store", self.store, "--iface", self.iface,
                 "--subnet-file", str(self.subnet_file), "--state-dir", str(self.state_dir),
                 "--node-name", self.ns, "--hook-backoff", "0.2", *self.extra]
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> "NodeDaemon":
-        import os
-        import subprocess
         env = {**os.environ, **(self.env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
@@ -90,11 +93,9 @@ class NodeDaemon:
 
     @property
     def subnet(self) -> str:
-        import ipaddress
         return str(ipaddress.ip_network(self.subnet_env()["FLANNEL_SUBNET"], strict=False))
 
     def stats(self) -> dict:
-        import json
         try:
             return json.loads((self.state_dir / "stats.json").read_text())
         except (OSError, ValueError):
@@ -107,16 +108,13 @@ class NodeDaemon:
             return ""
 
     def signal(self, sig) -> None:
-        import os
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        import signal as _signal
-        import subprocess
         if not self.proc:
             return None
-        self.signal(_signal.SIGTERM)
+        self.signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -132,7 +130,6 @@ class NodeDaemon:
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, *, what: str = ""):
     """Poll until `predicate()` is truthy; returns its value, or raises AssertionError
     naming `what` (or the predicate)."""
-    import time
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -22,10 +22,11 @@ from .._runtime.stats import NodeStats
 from .._runtime.validate import RejectedLease, Skipped, to_remote
 from .._store.lease import Lease, LeaseAttrs
 
-# Accept flannel's names, with or without "Command", and the Python method names.
+# Accept flannel's names, with or without "Command", and the Python method names,
+# in any case and with or without "-"/"_" (all folded away before the lookup).
 _NAMES = {}
 for _method, _command in COMMAND_NAMES.items():
-    for _alias in (_method, _command, _command[:-len("Command")], _method.replace("_", "")):
+    for _alias in (_command, _command[:-len("Command")], _method.replace("_", "")):
         _NAMES[_alias.lower()] = _method
 
 
@@ -56,7 +57,7 @@ def _interface(args) -> ExternalInterface:
 
 
 def run_hook(args) -> int:
-    method = _NAMES.get(args.name.lower().replace("-", "").replace("_", "")) or _NAMES.get(args.name.lower())
+    method = _NAMES.get(args.name.lower().replace("-", "").replace("_", ""))
     if method is None:
         raise ConfigError("hook", None, args.name, "unknown hook",
                           "use PreStartup, PostStartup, SubnetAdd, SubnetRemove or Shutdown")

@@ -63,12 +63,13 @@ class NodeRuntime:
         self.on_ready: list[Callable[["NodeRuntime"], None]] = []
         self.reload_source: Callable[[], tuple[NetConf, Hook] | None] | None = None
         self._reload_requested = threading.Event()
+        self._renew_retry_at = 0.0
         self._events: queue.Queue = queue.Queue()
         self._stats_written = ""
         os.makedirs(options.state_dir, exist_ok=True)
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
-            log=logging.getLogger(f"flannel_ext.hook"), state_dir=options.state_dir,
+            log=logging.getLogger("flannel_ext.hook"), state_dir=options.state_dir,
             public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
             dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
@@ -129,14 +130,14 @@ class NodeRuntime:
         self.stats.subnet = str(lease.subnet or "")
 
     def _write_subnet_env(self) -> None:
-        mtu = self.hook.mtu(self.ctx) or self.iface.mtu
-        write = subnetenv.write
+        fields = dict(network=self.config.network, subnet=self.ctx.subnet,
+                      ipv6_network=self.config.ipv6_network, ipv6_subnet=self.ctx.ipv6_subnet,
+                      mtu=self.hook.mtu(self.ctx) or self.iface.mtu, ip_masq=self.options.ip_masq)
         if self.options.dry_run:
-            def write(path, **fields):
-                log.info("(dry run) would write %s:\n%s", path, subnetenv.render(**fields).rstrip())
-        write(self.options.subnet_file, network=self.config.network, subnet=self.ctx.subnet,
-                        ipv6_network=self.config.ipv6_network, ipv6_subnet=self.ctx.ipv6_subnet,
-                        mtu=mtu, ip_masq=self.options.ip_masq)
+            log.info("(dry run) would write %s:\n%s", self.options.subnet_file,
+                     subnetenv.render(**fields).rstrip())
+        else:
+            subnetenv.write(self.options.subnet_file, **fields)
 
     def start_dataplane(self) -> None:
         """PreStartup → lease → PostStartup → subnet.env. Safe to call again on reload."""
@@ -200,14 +201,15 @@ class NodeRuntime:
         if lease is None or lease.expiration is None:
             return
         ttl = self.options.lease_ttl
-        if time.time() < lease.expiration - min(self.options.renew_margin, ttl / 2):
+        now = time.time()
+        if now < max(lease.expiration - min(self.options.renew_margin, ttl / 2), self._renew_retry_at):
             return
         try:
             self._set_lease(self.store.renew(lease, ttl))
         except StoreError as exc:
+            # flannel retries after 1 min; sooner for short (test) TTLs.
+            self._renew_retry_at = now + min(60.0, ttl / 4)
             log.error("Error renewing lease (trying again soon): %s", exc)
-            self.lease = Lease(lease.subnet, lease.attrs, lease.ipv6_subnet,
-                               time.time() + min(60.0, ttl / 4) + min(self.options.renew_margin, ttl / 2))
 
     # --- reload ------------------------------------------------------------------
     def request_reload(self) -> None:

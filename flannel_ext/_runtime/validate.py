@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .._config.netconf import NetConf
 from .._hooks.base import Hook, RemoteLease
@@ -95,7 +95,7 @@ def to_remote(lease: Lease, config: NetConf, hook: Hook) -> RemoteLease:
         data = hook.parse_backend_data(remote)
     except (ValueError, TypeError) as exc:
         reject("backend_data", f"backend data not accepted by the hook: {exc}")
-    return RemoteLease(**{**remote.__dict__, "data": data})
+    return replace(remote, data=data)
 
 
 class RejectedLease(ValueError):
