@@ -9,12 +9,15 @@ import subprocess
 from flannel_ext._store.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, routes, wait_for
 
+# The daemon takes its own lease from here, never one of the keys the test writes.
+OWN_RANGE = {"SubnetMin": "10.80.200.0", "SubnetMax": "10.80.250.0"}
+
 VALUE = '{"PublicIP":"192.168.77.%d","PublicIPv6":null,"BackendType":"extension"}'
 
 
 def node_with(underlay, netns_prefix, tmp_path, daemons, add_command, *extra):
     conf = tmp_path / "net-conf.json"
-    conf.write_text(json.dumps({"Network": "10.80.0.0/16", "Backend": {
+    conf.write_text(json.dumps({"Network": "10.80.0.0/16", **OWN_RANGE, "Backend": {
         "Type": "extension", "SubnetAddCommand": add_command}}))
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)
@@ -72,7 +75,7 @@ def test_hanging_hook_times_out_and_others_proceed(underlay, netns_prefix, tmp_p
 
 def test_startup_failure_retries_then_exits_3(underlay, netns_prefix, tmp_path):
     conf = tmp_path / "net-conf.json"
-    conf.write_text(json.dumps({"Network": "10.80.0.0/16", "Backend": {
+    conf.write_text(json.dumps({"Network": "10.80.0.0/16", **OWN_RANGE, "Backend": {
         "Type": "extension", "PostStartupCommand": "echo tried >> post.tries; echo 'no wg module' >&2; exit 1"}}))
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)
@@ -88,7 +91,7 @@ def test_startup_failure_retries_then_exits_3(underlay, netns_prefix, tmp_path):
 def test_changed_data_removes_old_then_adds_new(underlay, netns_prefix, tmp_path, daemons):
     rec = 'read D; echo "%s $SUBNET $PUBLIC_IP $D" >> calls'
     conf = tmp_path / "net-conf.json"
-    conf.write_text(json.dumps({"Network": "10.80.0.0/16", "Backend": {
+    conf.write_text(json.dumps({"Network": "10.80.0.0/16", **OWN_RANGE, "Backend": {
         "Type": "extension", "SubnetAddCommand": rec % "add", "SubnetRemoveCommand": rec % "remove"}}))
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)

@@ -87,13 +87,16 @@ def test_restart_reconciles(underlay, netns_prefix, hostgw_conf, tmp_path, daemo
         # A node that joined while `a` was down (its public IP is on the underlay).
         from flannel_ext._store.lease import Lease, LeaseAttrs
         import ipaddress
-        new = Lease(ipaddress.IPv4Network("10.50.200.0/24"),
+        # a subnet none of the three nodes holds
+        taken = {a.subnet, b.subnet, c.subnet}
+        joined = next(f"10.50.{i}.0/24" for i in range(200, 256) if f"10.50.{i}.0/24" not in taken)
+        new = Lease(ipaddress.IPv4Network(joined),
                     LeaseAttrs.with_string_data(underlay.nodes[c.ns], None))
         store.put_lease(new, ttl=3600)
     finally:
         store.close()
     a.start()
-    wait_for(lambda: route_to(a.ns, "10.50.200.0/24") and not route_to(a.ns, gone))
+    wait_for(lambda: route_to(a.ns, joined) and not route_to(a.ns, gone))
     assert len(route_to(a.ns, c.subnet)) == 1
     dsts = [r.get("dst") for r in routes(a.ns)]
     assert len(dsts) == len(set(dsts)), f"duplicate routes: {dsts}"

@@ -11,6 +11,9 @@ import json
 from flannel_ext._store.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, wait_for
 
+# The daemon takes its own lease from here, never one of the keys the test writes.
+OWN_RANGE = {"SubnetMin": "10.70.200.0", "SubnetMax": "10.70.250.0"}
+
 
 def payloads(marker: str) -> list[str]:
     return [f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}; ", f"\ntouch {marker}\n",
@@ -22,7 +25,7 @@ def test_shell_payloads_never_execute(underlay, netns_prefix, tmp_path, daemons)
     seen = tmp_path / "seen"
     conf = tmp_path / "net-conf.json"
     # The documented style: remote values used quoted, data read from stdin.
-    conf.write_text(json.dumps({"Network": "10.70.0.0/16", "Backend": {
+    conf.write_text(json.dumps({"Network": "10.70.0.0/16", **OWN_RANGE, "Backend": {
         "Type": "extension",
         "SubnetAddCommand": f"read DATA; printf '%s|%s|%s\\n' \"$SUBNET\" \"$PUBLIC_IP\" \"$DATA\" >> {seen}",
     }}))
