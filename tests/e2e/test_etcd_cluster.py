@@ -82,8 +82,10 @@ def test_etcd_restart_mid_run(underlay, netns_prefix, etcd_on_underlay, tmp_path
     etcd.stop()
     etcd.start()
     ip = str(underlay.network.network_address + 77)
-    etcd.etcdctl("put", "/coreos.com/network/subnets/10.50.222.0-24",
+    taken = {n.subnet for n in nodes}  # a subnet no node holds
+    joined = next(f"10.50.{i}.0/24" for i in range(222, 256) if f"10.50.{i}.0/24" not in taken)
+    etcd.etcdctl("put", "/coreos.com/network/subnets/" + joined.replace("/", "-"),
                  '{"PublicIP":"%s","PublicIPv6":null,"BackendType":"extension"}' % ip)
     for node in nodes:
-        wait_for(lambda: has_route(node.ns, "10.50.222.0/24"), timeout=30)
+        wait_for(lambda: has_route(node.ns, joined), timeout=30)
     assert all(node.proc.poll() is None for node in nodes)
