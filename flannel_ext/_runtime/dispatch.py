@@ -208,6 +208,10 @@ class Dispatcher:
                 error = results.get(lease.key)
                 if error is None:
                     self._succeeded(slot, kind, lease)
+                elif kind == "add" and not same_lease(slot.desired, lease):
+                    # Superseded while in flight (e.g. a peer published its VTEP MAC): the
+                    # failure was about data nobody wants any more; the new data runs next.
+                    log.info("add %s failed with superseded data (%s); trying the new data", lease.key, error)
                 else:
                     self._failed(slot, kind, lease, error, now)
                 if slot.desired is None and slot.programmed is None:

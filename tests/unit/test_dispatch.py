@@ -1,0 +1,90 @@
+"""The dispatcher against an in-memory hook: per-subnet order, retries, supersession."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+from flannel_ext import Hook, HookContext, PermanentError, RemoteLease
+from flannel_ext._runtime.calls import HookCaller
+from flannel_ext._runtime.dispatch import Backoff, Dispatcher
+from flannel_ext._runtime.stats import NodeStats
+from flannel_ext.testing import wait_for
+
+
+def lease(data: str, subnet: str = "10.9.1.0/24") -> RemoteLease:
+    net = ipaddress.IPv4Network(subnet)
+    return RemoteLease(subnet=net, public_ip="192.0.2.10", backend_data=data,
+                       backend_data_raw=f'"{data}"' if data else None,
+                       key=f"{net.network_address}-{net.prefixlen}")
+
+
+class RecordingHook(Hook):
+    """Adds fail permanently on empty data; the first add can be held in flight."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.hold.set()
+
+    def subnet_add(self, lease, ctx):
+        self.held.set()
+        self.hold.wait(10)
+        self.calls.append(("add", lease.backend_data))
+        if not lease.backend_data:
+            raise PermanentError("no VTEP MAC")
+
+    def subnet_remove(self, lease, ctx):
+        self.calls.append(("remove", lease.backend_data))
+
+
+def make(hook):
+    ctx = HookContext(network=None, options={}, log=logging.getLogger("t"), state_dir=".")
+    stats = NodeStats()
+    dispatcher = Dispatcher(HookCaller(hook, ctx, stats, timeout=10), stats, backoff=Backoff(initial=0.01))
+    dispatcher.start()
+    return dispatcher
+
+
+def test_changed_data_removes_old_then_adds_new():
+    hook = RecordingHook()
+    d = make(hook)
+    try:
+        d.set_desired("10.9.1.0-24", lease("aa"))
+        wait_for(lambda: hook.calls == [("add", "aa")])
+        d.set_desired("10.9.1.0-24", lease("bb"))
+        wait_for(lambda: len(hook.calls) == 3)
+        assert hook.calls == [("add", "aa"), ("remove", "aa"), ("add", "bb")]
+    finally:
+        d.stop()
+
+
+def test_permanent_failure_of_superseded_data_does_not_block_the_new_data():
+    """A peer publishes its VTEP MAC while an add with the old, empty data is in flight."""
+    hook = RecordingHook()
+    hook.hold.clear()
+    d = make(hook)
+    try:
+        d.set_desired("10.9.1.0-24", lease(""))
+        assert hook.held.wait(5)
+        d.set_desired("10.9.1.0-24", lease("aa:bb:cc:dd:ee:ff"))
+        hook.hold.set()
+        wait_for(lambda: ("add", "aa:bb:cc:dd:ee:ff") in hook.calls, timeout=5)
+        wait_for(lambda: d.programmed().get("10.9.1.0-24") is not None)
+        assert d.programmed()["10.9.1.0-24"].backend_data == "aa:bb:cc:dd:ee:ff"
+    finally:
+        d.stop()
+
+
+def test_permanent_failure_of_current_data_gives_up():
+    hook = RecordingHook()
+    d = make(hook)
+    try:
+        d.set_desired("10.9.1.0-24", lease(""))
+        wait_for(lambda: hook.calls == [("add", "")])
+        wait_for(lambda: d.idle())
+        assert hook.calls == [("add", "")] and d.programmed() == {}
+    finally:
+        d.stop()
