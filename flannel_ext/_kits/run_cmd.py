@@ -136,6 +136,9 @@ def _check_args(args) -> None:
     if not 1 <= args.subnet_lease_renew_margin <= 1439:
         raise ConfigError("--subnet-lease-renew-margin", None, args.subnet_lease_renew_margin,
                           "must be between 1 and 1439 minutes")
+    if args.watch and not args.net_conf:
+        raise ConfigError("--watch", None, None, "needs a file to watch",
+                          "pass --net-conf FILE (a config kept in etcd is not watched)")
     if args.hook_timeout <= 0:
         raise ConfigError("--hook-timeout", None, args.hook_timeout, "must be a positive number of seconds")
     for flag in ("public_ip", "public_ipv6"):

@@ -27,3 +27,10 @@ def test_command_line_wins_and_empty_is_ignored():
 
 def test_env_name():
     assert flags.env_name("--subnet-lease-renew-margin") == "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
+
+
+def test_watch_needs_a_file(capsys):
+    from flannel_ext._kits.cli import main
+    assert main(["run", "--watch", "--store", "sqlite:/nonexistent/x.db"]) == 2
+    err = capsys.readouterr().err
+    assert "--watch" in err and "--net-conf" in err and "Traceback" not in err
