@@ -147,8 +147,8 @@ def _check_args(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.setup(args.log_format, args.log_level, node=args.node_name)
     _check_args(args)
+    logs.setup(args.log_format, args.log_level, node=args.node_name)
     # A --net-conf file is read before any store is touched, so a bad file fails fast.
     config = load_config(args) if args.net_conf else None
     store = open_store(store_url(args), **store_options(args))
