@@ -31,8 +31,8 @@ from etcd3gw.client import Etcd3Client
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from etcd_server import ETCDCTL, EtcdServer  # noqa: E402
 
-from flannel_ext._store.etcd import EtcdStore  # noqa: E402
-from flannel_ext._store.etcd_watch import prefix_end  # noqa: E402
+from flannel_ext._stores.etcd import EtcdStore  # noqa: E402
+from flannel_ext._stores.etcd_watch import prefix_end  # noqa: E402
 from _common import pct  # noqa: E402
 
 PREFIX = "/coreos.com/network/subnets/"

@@ -20,8 +20,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from flannel_ext._cogs.netns import Underlay  # noqa: E402
-from flannel_ext._store.sqlite import SqliteStore  # noqa: E402
+from flannel_ext._util.netns import Underlay  # noqa: E402
+from flannel_ext._stores.sqlite import SqliteStore  # noqa: E402
 from flannel_ext.testing import NodeDaemon, wait_for  # noqa: E402
 from _common import pct  # noqa: E402
 

@@ -22,15 +22,15 @@ import sys
 import tempfile
 import time
 
-from flannel_ext._cogs.netns import ip_json
-from flannel_ext._kits.lab import check
-from flannel_ext._kits.lab.state import Lab
+from flannel_ext._util.netns import ip_json
+from flannel_ext._lab import check
+from flannel_ext._lab.state import Lab
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def lab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flannel_ext._kits.cli", "lab", *args],
+    return subprocess.run([sys.executable, "-m", "flannel_ext", "lab", *args],
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 

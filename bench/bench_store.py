@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flannel_ext._config.netconf import NetConf  # noqa: E402
-from flannel_ext._store.base import AcquireRequest  # noqa: E402
-from flannel_ext._store.lease import EventType, Lease, LeaseAttrs  # noqa: E402
-from flannel_ext._store.sqlite import SqliteStore  # noqa: E402
+from flannel_ext._stores.base import AcquireRequest  # noqa: E402
+from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs  # noqa: E402
+from flannel_ext._stores.sqlite import SqliteStore  # noqa: E402
 from _common import pct  # noqa: E402
 
 MP = multiprocessing.get_context("fork")

@@ -18,7 +18,7 @@ fi
 NAME=${NAME:-demo}
 RECIPE=${1:-recipes/vxlan.json}
 CONF=${TMPDIR:-/tmp}/flannel-ext-lab-$NAME.json
-if command -v flannel-ext >/dev/null; then FE=(flannel-ext); else FE=(python3 -m flannel_ext._kits.cli); fi
+if command -v flannel-ext >/dev/null; then FE=(flannel-ext); else FE=(python3 -m flannel_ext); fi
 
 "${FE[@]}" lab down --name "$NAME" >/dev/null   # idempotent: a clean slate, even after a crash
 cp "$RECIPE" "$CONF"

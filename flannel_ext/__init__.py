@@ -2,10 +2,10 @@
 
 The public API is this module. Everything under an underscore is internal.
 """
-from ._cogs.errors import (BatchError, CommandError, ConfigError, FlannelExtError, HookError,
+from flannel_ext._util.errors import (BatchError, CommandError, ConfigError, FlannelExtError, HookError,
                            HookLoadError, HookTimeout, PermanentError, StoreError, TemporaryError)
-from ._hooks.base import Hook, HookContext, RemoteLease
-from ._store.lease import Lease, LeaseAttrs
+from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
+from flannel_ext._stores.lease import Lease, LeaseAttrs
 
 __version__ = "0.1.0"
 

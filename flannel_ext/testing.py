@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from ._cogs import netns as _netns
-from ._cogs.netns import Underlay, delete_netns, list_netns
+from flannel_ext._util import netns as _netns
+from flannel_ext._util.netns import Underlay, delete_netns, list_netns
 
 _counter = itertools.count()
 
@@ -67,7 +67,7 @@ class NodeDaemon:
 
     @property
     def argv(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "flannel_ext._kits.cli", "run",
+        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "flannel_ext", "run",
                 "--net-conf", self.net_conf, "--store", self.store, "--iface", self.iface,
                 "--subnet-file", str(self.subnet_file), "--state-dir", str(self.state_dir),
                 "--node-name", self.ns, "--hook-backoff", "0.2", *self.extra]

@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 
 from flannel_ext import HookContext, PermanentError, RemoteLease
 
-from . import _netlink
+from flannel_ext import netlink as _netlink
 
 
 class HostGwHook(_netlink.BatchedRecipe):

@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from flannel_ext import HookContext, PermanentError, RemoteLease, TemporaryError
 
-from . import _netlink
+from flannel_ext import netlink as _netlink
 
 VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 KERNEL_DEFAULT_PORT = 8472

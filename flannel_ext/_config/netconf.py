@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._cogs.errors import ConfigError
-from .._cogs.gojson import loads_case_insensitive
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._util.gojson import loads_case_insensitive
 
 #: The Backend keys holding shell commands, in lifecycle order. flannel reads the first
 #: four; ShutdownCommand is flannel-ext's own (flannel's dist/ examples carry it unused).

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from .._cogs.errors import BatchError
+from flannel_ext._util.errors import BatchError
 
 # The lifecycle method names; anything else public on a Hook subclass that looks like
 # one of these (see loader) is a typo and is refused at load time.

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._cogs.errors import HookLoadError
-from .._config.netconf import NetConf
-from .base import HOOK_METHODS, Hook
+from flannel_ext._util.errors import HookLoadError
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._hooks.base import HOOK_METHODS, Hook
 
 RECIPE_GROUP = "flannel_ext.recipes"
 # Public names a subclass may define without being mistaken for a misspelt hook.
@@ -40,7 +40,7 @@ def load_hook(config: NetConf) -> Hook:
     spec = config.backend_option("Hook")
     if spec:
         return load_python_hook(str(spec), dict(config.backend), source=config.source)
-    from .shell import ShellHook
+    from flannel_ext._hooks.shell import ShellHook
     return ShellHook.from_config(config)
 
 

@@ -11,10 +11,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from .._cogs.errors import BatchError, CommandError, HookTimeout
-from .._config.netconf import NetConf
-from .base import COMMAND_NAMES, Hook, HookContext, RemoteLease
-from .process import ProcessResult, run_process
+from flannel_ext._util.errors import BatchError, CommandError, HookTimeout
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._hooks.base import COMMAND_NAMES, Hook, HookContext, RemoteLease
+from flannel_ext._hooks.process import ProcessResult, run_process
 
 OUTPUT_LIMIT = 4096  # bytes of output kept for logs and traces
 

@@ -11,10 +11,10 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from .._cogs.errors import BatchError, HookTimeout
-from .._hooks.base import COMMAND_NAMES, Hook, HookContext, RemoteLease
-from .._hooks.process import ProcessResult
-from .stats import HookCall, NodeStats
+from flannel_ext._util.errors import BatchError, HookTimeout
+from flannel_ext._hooks.base import COMMAND_NAMES, Hook, HookContext, RemoteLease
+from flannel_ext._hooks.process import ProcessResult
+from flannel_ext._runtime.stats import HookCall, NodeStats
 
 trace_log = logging.getLogger("flannel_ext.trace")
 OUTPUT_IN_TRACE = 300

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from .._cogs.errors import TemporaryError
-from .._hooks.base import RemoteLease
-from .calls import HookCaller
-from .stats import NodeStats
+from flannel_ext._util.errors import TemporaryError
+from flannel_ext._hooks.base import RemoteLease
+from flannel_ext._runtime.calls import HookCaller
+from flannel_ext._runtime.stats import NodeStats
 
 log = logging.getLogger("flannel_ext.dispatch")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .._cogs.errors import ConfigError
-from .._cogs.netns import ip_json
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._util.netns import ip_json
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .._cogs.errors import FlannelExtError, HookError, StoreError
-from .._cogs.files import write_atomic
-from .._config.netconf import NetConf
-from .._hooks.base import Hook, HookContext
-from .._store.base import AcquireRequest, LeaseStore
-from .._store.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from . import state, subnetenv
-from .calls import HookCaller
-from .dispatch import Backoff, Dispatcher
-from .iface import ExternalInterface
-from .stats import NodeStats
-from .validate import RejectedLease, Skipped, to_remote
+from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
+from flannel_ext._util.files import write_atomic
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._hooks.base import Hook, HookContext
+from flannel_ext._stores.base import AcquireRequest, LeaseStore
+from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel_ext._runtime import state, subnetenv
+from flannel_ext._runtime.calls import HookCaller
+from flannel_ext._runtime.dispatch import Backoff, Dispatcher
+from flannel_ext._runtime.iface import ExternalInterface
+from flannel_ext._runtime.stats import NodeStats
+from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
 log = logging.getLogger("flannel_ext.node")
 
@@ -114,7 +114,7 @@ class NodeRuntime:
 
     def _planned_lease(self, request: AcquireRequest) -> Lease:
         """Dry run: the lease acquire would take, without writing it."""
-        from .._store.allocate import plan_acquire
+        from flannel_ext._stores.allocate import plan_acquire
         plan = plan_acquire(request, self.store.list().leases)
         if plan.reuse is not None:
             return plan.reuse.with_attrs(request.attrs)

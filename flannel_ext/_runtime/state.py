@@ -10,8 +10,8 @@ import ipaddress
 import json
 import logging
 
-from .._cogs.files import write_atomic
-from .._hooks.base import RemoteLease
+from flannel_ext._util.files import write_atomic
+from flannel_ext._hooks.base import RemoteLease
 
 log = logging.getLogger("flannel_ext.state")
 

@@ -1,6 +1,6 @@
 """Counters a running node keeps about itself; read by /metrics, `lab status` and tests.
 
-Thread-safe and dependency-free: the health/metrics server (``_kits/health.py``) reads a
+Thread-safe and dependency-free: the health/metrics server (``_runtime/health.py``) reads a
 `NodeStats` and exposes it, so the runtime never imports the layer above it.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .._cogs.files import write_atomic
+from flannel_ext._util.files import write_atomic
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 

@@ -12,9 +12,9 @@ import ipaddress
 import json
 from dataclasses import dataclass, replace
 
-from .._config.netconf import NetConf
-from .._hooks.base import Hook, RemoteLease
-from .._store.lease import Lease
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._hooks.base import Hook, RemoteLease
+from flannel_ext._stores.lease import Lease
 
 MAX_BACKEND_DATA = 4096
 

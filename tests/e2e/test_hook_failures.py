@@ -6,7 +6,7 @@ import json
 import pathlib
 import subprocess
 
-from flannel_ext._store.sqlite import SqliteStore
+from flannel_ext._stores.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, routes, wait_for
 
 # The daemon takes its own lease from here, never one of the keys the test writes.

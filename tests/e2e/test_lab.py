@@ -17,17 +17,17 @@ import sys
 
 import pytest
 
-from flannel_ext._cogs.netns import ip_json, list_netns, sh
-from flannel_ext._kits.lab import check, daemons, pods, topology
+from flannel_ext._util.netns import ip_json, list_netns, sh
+from flannel_ext._lab import check, daemons, pods, topology
 from flannel_ext import testing
-from flannel_ext._kits.lab.state import Lab, lab_dir
+from flannel_ext._lab.state import Lab, lab_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NETWORK = "10.50.0.0/16"  # the shipped recipes' Network, so a live switch keeps it
 
 
 def lab_cmd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flannel_ext._kits.cli", "lab", *args],
+    return subprocess.run([sys.executable, "-m", "flannel_ext", "lab", *args],
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

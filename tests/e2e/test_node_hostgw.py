@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from examples import FLANNEL_EXAMPLES
-from flannel_ext._store.sqlite import SqliteStore
+from flannel_ext._stores.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, routes, wait_for
 
 
@@ -85,7 +85,7 @@ def test_restart_reconciles(underlay, netns_prefix, hostgw_conf, tmp_path, daemo
         lease = next(l for l in store.list().leases if str(l.subnet) == gone)
         store.release(lease)
         # A node that joined while `a` was down (its public IP is on the underlay).
-        from flannel_ext._store.lease import Lease, LeaseAttrs
+        from flannel_ext._stores.lease import Lease, LeaseAttrs
         import ipaddress
         # a subnet none of the three nodes holds
         taken = {a.subnet, b.subnet, c.subnet}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flannel_ext._cogs.netns import Underlay
+from flannel_ext._util.netns import Underlay
 from flannel_ext.testing import NodeDaemon, wait_for
 from tests.netns.test_recipes_python import kernel_state, tcp_crosses
 

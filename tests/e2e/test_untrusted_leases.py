@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from flannel_ext._store.sqlite import SqliteStore
+from flannel_ext._stores.sqlite import SqliteStore
 from flannel_ext.testing import NodeDaemon, wait_for
 
 # The daemon takes its own lease from here, never one of the keys the test writes.

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from flannel_ext._cogs.netns import create_netns, sh
-from flannel_ext._kits import cni
+from flannel_ext._util.netns import create_netns, sh
+from flannel_ext._cni import plugin as cni
 
 CNI_PATH = "/usr/lib/cni"
 SUBNET_ENV = "FLANNEL_NETWORK=10.199.0.0/16\nFLANNEL_SUBNET=10.199.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n"

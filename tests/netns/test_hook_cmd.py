@@ -16,7 +16,7 @@ HOSTGW_CONFS = [ROOT / "recipes" / "host-gw.json", FLANNEL_EXAMPLES / "extension
 
 
 def hook(ns, *args):
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "flannel_ext._kits.cli", "hook", *args],
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "flannel_ext", "hook", *args],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -56,7 +56,7 @@ def test_hook_rejects_bad_lease(underlay, netns_prefix, tmp_path):
 
 
 def test_run_dry_run_touches_nothing(underlay, netns_prefix, tmp_path):
-    from flannel_ext._store.sqlite import SqliteStore
+    from flannel_ext._stores.sqlite import SqliteStore
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)
     db = tmp_path / "leases.db"
@@ -65,7 +65,7 @@ def test_run_dry_run_touches_nothing(underlay, netns_prefix, tmp_path):
     revision = store.list().revision
     store.close()
     before = kernel_state(ns)
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "flannel_ext._kits.cli", "run",
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "flannel_ext", "run",
                           "--dry-run", "--net-conf", str(HOSTGW_CONFS[1]), "--store", f"sqlite:{db}",
                           "--iface", "eth0", "--subnet-file", str(tmp_path / "subnet.env"),
                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60)

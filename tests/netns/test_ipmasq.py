@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from flannel_ext._cogs.errors import ConfigError
-from flannel_ext._cogs.netns import create_netns, in_ns, sh
-from flannel_ext._kits.ipmasq import TABLE, ruleset, setup_ip_masq, teardown_ip_masq
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._util.netns import create_netns, in_ns, sh
+from flannel_ext._runtime.ipmasq import TABLE, ruleset, setup_ip_masq, teardown_ip_masq
 
 NETWORK, SUBNET = "10.244.0.0/16", "10.244.1.0/24"
 

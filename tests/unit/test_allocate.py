@@ -5,10 +5,10 @@ import random
 import pytest
 
 from flannel_ext._config.netconf import NetConf
-from flannel_ext._store.allocate import (MAX_CANDIDATES, free_subnets, ipv6_subnet_range,
+from flannel_ext._stores.allocate import (MAX_CANDIDATES, free_subnets, ipv6_subnet_range,
                                          out_of_subnets, plan_acquire, subnet_range)
-from flannel_ext._store.base import AcquireRequest
-from flannel_ext._store.lease import Lease, LeaseAttrs
+from flannel_ext._stores.base import AcquireRequest
+from flannel_ext._stores.lease import Lease, LeaseAttrs
 
 V4, V6, A4 = ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address
 ME = LeaseAttrs.with_string_data("192.168.1.10", "me")

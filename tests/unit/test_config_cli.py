@@ -27,7 +27,7 @@ def test_run_with_bad_config_exits_2_with_one_line(tmp_path, name):
     else:
         expected = "file not found"
     proc = subprocess.run(
-        [sys.executable, "-m", "flannel_ext._kits.cli", "run", "--net-conf", str(path),
+        [sys.executable, "-m", "flannel_ext", "run", "--net-conf", str(path),
          "--store", f"sqlite:{tmp_path / 'x.db'}"],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr

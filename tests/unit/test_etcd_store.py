@@ -13,13 +13,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from etcd_server import etcd_server  # noqa: E402,F401  (the fixture)
 
-from flannel_ext._cogs.errors import ConfigError, StoreError  # noqa: E402
+from flannel_ext._util.errors import ConfigError, StoreError  # noqa: E402
 from flannel_ext._config.netconf import NetConf  # noqa: E402
-from flannel_ext._store import etcd as etcd_mod  # noqa: E402
-from flannel_ext._store.base import AcquireRequest, LeaseStore  # noqa: E402
-from flannel_ext._store.etcd import EtcdStore  # noqa: E402
-from flannel_ext._store.etcd_watch import parse_endpoints  # noqa: E402
-from flannel_ext._store.lease import EventType, Lease, LeaseAttrs  # noqa: E402
+from flannel_ext._stores import etcd as etcd_mod  # noqa: E402
+from flannel_ext._stores.base import AcquireRequest, LeaseStore  # noqa: E402
+from flannel_ext._stores.etcd import EtcdStore  # noqa: E402
+from flannel_ext._stores.etcd_watch import parse_endpoints  # noqa: E402
+from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt install etcd-server)")
 

@@ -1,7 +1,7 @@
 """flanneld's convention: a flag not given falls back to FLANNELD_<FLAG>."""
 import argparse
 
-from flannel_ext._kits import flags
+from flannel_ext._commands import flags
 
 
 def parser(environ):
@@ -30,7 +30,7 @@ def test_env_name():
 
 
 def test_watch_needs_a_file(capsys):
-    from flannel_ext._kits.cli import main
+    from flannel_ext.cli import main
     assert main(["run", "--watch", "--store", "sqlite:/nonexistent/x.db"]) == 2
     err = capsys.readouterr().err
     assert "--watch" in err and "--net-conf" in err and "Traceback" not in err

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flannel_ext._cogs.errors import ConfigError
-from flannel_ext._kits.health import HealthServer
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._runtime.health import HealthServer
 from flannel_ext._runtime.stats import HookCall, NodeStats
 
 

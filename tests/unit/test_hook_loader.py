@@ -234,7 +234,7 @@ def test_shipped_classes_pass_validation():
 
 
 def test_recipes_command_lists_python_and_shell_recipes(capsys):
-    from flannel_ext._kits.cli import main
+    from flannel_ext.cli import main
     assert main(["recipes", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {(r["name"], r["form"]) for r in rows} == {("host-gw", "python"), ("vxlan", "python"),

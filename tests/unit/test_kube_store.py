@@ -9,12 +9,12 @@ from contextlib import closing
 import pytest
 import kube_fake
 
-from flannel_ext._cogs.errors import ConfigError, StoreError
+from flannel_ext._util.errors import ConfigError, StoreError
 from flannel_ext._config.netconf import NetConf
-from flannel_ext._store.base import AcquireRequest, LeaseStore
-from flannel_ext._store.kube import KubeStore, PodCIDRNotAssigned
-from flannel_ext._store.kube_annotations import AnnotationNames
-from flannel_ext._store.lease import EventType, LeaseAttrs
+from flannel_ext._stores.base import AcquireRequest, LeaseStore
+from flannel_ext._stores.kube import KubeStore, PodCIDRNotAssigned
+from flannel_ext._stores.kube_annotations import AnnotationNames
+from flannel_ext._stores.lease import EventType, LeaseAttrs
 
 P = "flannel.alpha.coreos.com/"
 MAC = "aa:bb:cc:dd:ee:ff"

@@ -3,7 +3,7 @@ import ipaddress
 
 import pytest
 
-from flannel_ext._store.lease import (EventType, Lease, LeaseAttrs, LeaseEvent, parse_subnet_key,
+from flannel_ext._stores.lease import (EventType, Lease, LeaseAttrs, LeaseEvent, parse_subnet_key,
                                       subnet_key)
 
 V4 = ipaddress.IPv4Network

@@ -9,8 +9,8 @@ import pytest
 
 from examples import FLANNEL_EXAMPLES as EXAMPLES
 
-from flannel_ext._kits.cli import main
-from flannel_ext._kits.lint import check_command, lint_file
+from flannel_ext.cli import main
+from flannel_ext._commands.lint import check_command, lint_file
 
 REPO = Path(__file__).resolve().parents[2]
 needs_shellcheck = pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
@@ -154,7 +154,7 @@ def test_kube_mode_skips_subnet_checks(tmp_path, capsys):
 
 def test_cli_entry_point(tmp_path):
     path = write(tmp_path, SubnetAddCommand="ip route add $SUBNET via $PUBLIC_IP")
-    proc = subprocess.run([sys.executable, "-m", "flannel_ext._kits.cli", "lint", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "flannel_ext", "lint", str(path)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 1
     assert f"{path}: Backend.SubnetAddCommand: warning: $SUBNET at line 1, column 14" in proc.stdout

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from flannel_ext._cogs.errors import ConfigError
-from flannel_ext._kits import manifest
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._commands import manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.json")))

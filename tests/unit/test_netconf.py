@@ -8,7 +8,7 @@ import pytest
 
 from examples import FLANNEL_EXAMPLES as EXAMPLES
 
-from flannel_ext._cogs.errors import ConfigError
+from flannel_ext._util.errors import ConfigError
 from flannel_ext._config.netconf import load_netconf, parse_netconf
 
 EXT = {"Type": "extension"}

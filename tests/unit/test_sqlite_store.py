@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from flannel_ext._cogs.errors import ConfigError, LeaseConflict, OutOfSubnets
+from flannel_ext._util.errors import ConfigError, LeaseConflict, OutOfSubnets
 from flannel_ext._config.netconf import NetConf
-from flannel_ext._store import open_store
-from flannel_ext._store.base import AcquireRequest, LeaseStore
-from flannel_ext._store.lease import EventType, Lease, LeaseAttrs
-from flannel_ext._store.sqlite import SqliteStore
+from flannel_ext._stores import open_store
+from flannel_ext._stores.base import AcquireRequest, LeaseStore
+from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs
+from flannel_ext._stores.sqlite import SqliteStore
 
 V4 = ipaddress.IPv4Network
 CONF = NetConf(network=V4("10.5.0.0/16"), subnet_len=24, subnet_min=ipaddress.IPv4Address("10.5.1.0"),

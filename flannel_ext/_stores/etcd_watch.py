@@ -17,7 +17,7 @@ import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw import exceptions as etcd3gw_exc
 
-from .._cogs.errors import ConfigError, StoreError
+from flannel_ext._util.errors import ConfigError, StoreError
 
 DEFAULT_PORT = 2379
 # Errors after which another endpoint may do better (503 "no leader" maps to the first).

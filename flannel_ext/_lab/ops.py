@@ -12,9 +12,9 @@ import signal
 import time
 from typing import Callable
 
-from ..._cogs.netns import sh
-from . import check, daemons, pods, topology
-from .state import Lab, LabError, check_name, exists, lab_dir, locked, remove_dir
+from flannel_ext._util.netns import sh
+from flannel_ext._lab import check, daemons, pods, topology
+from flannel_ext._lab.state import Lab, LabError, check_name, exists, lab_dir, locked, remove_dir
 
 Out = Callable[[str], None]
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import ipaddress
 import shutil
 
-from .._cogs.errors import ConfigError, FlannelExtError
-from .._cogs.netns import in_ns, sh
+from flannel_ext._util.errors import ConfigError, FlannelExtError
+from flannel_ext._util.netns import in_ns, sh
 
 TABLE = "flannel-ext"
 KUBE_PROXY_MARK = "0x4000"

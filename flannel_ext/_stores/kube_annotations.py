@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .._cogs.errors import ConfigError
-from .lease import Lease, LeaseAttrs, LeaseEvent
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent
 
 DEFAULT_PREFIX = "flannel.alpha.coreos.com"
 # flannel calls regexp.MatchString, which is unanchored at the start: re.search, not match.

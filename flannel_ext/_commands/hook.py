@@ -11,16 +11,16 @@ import logging
 import os
 import sys
 
-from .._cogs.errors import ConfigError, FlannelExtError
-from .._config.netconf import load_netconf
-from .._hooks.base import COMMAND_NAMES, HookContext
-from .._hooks.loader import load_hook
-from .._hooks.shell import lifecycle_env, remote_env
-from .._runtime.calls import HookCaller
-from .._runtime.iface import ExternalInterface, find_interface
-from .._runtime.stats import NodeStats
-from .._runtime.validate import RejectedLease, Skipped, to_remote
-from .._store.lease import Lease, LeaseAttrs
+from flannel_ext._util.errors import ConfigError, FlannelExtError
+from flannel_ext._config.netconf import load_netconf
+from flannel_ext._hooks.base import COMMAND_NAMES, HookContext
+from flannel_ext._hooks.loader import load_hook
+from flannel_ext._hooks.shell import lifecycle_env, remote_env
+from flannel_ext._runtime.calls import HookCaller
+from flannel_ext._runtime.iface import ExternalInterface, find_interface
+from flannel_ext._runtime.stats import NodeStats
+from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
+from flannel_ext._stores.lease import Lease, LeaseAttrs
 
 # Accept flannel's names, with or without "Command", and the Python method names,
 # in any case and with or without "-"/"_" (all folded away before the lookup).

@@ -15,9 +15,9 @@ import re
 import jinja2
 import yaml
 
-from .._cogs.errors import ConfigError
-from .._cogs.gojson import loads_case_insensitive
-from .._config.netconf import load_netconf
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._util.gojson import loads_case_insensitive
+from flannel_ext._config.netconf import load_netconf
 
 DEFAULT_IMAGE = "flannel-ext:dev"
 DEFAULT_NAMESPACE = "kube-flannel"
@@ -44,7 +44,7 @@ def yaml_block(text: str, indent: int) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("flannel_ext._kits", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("flannel_ext._commands", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
     env.filters["yaml_block"] = yaml_block

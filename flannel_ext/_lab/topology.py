@@ -1,6 +1,6 @@
 """The lab's namespaces: a hub (the underlay bridge) and one namespace per node.
 
-Built on `_cogs.netns.Underlay` with the prefix ``<lab>-``: hub ``<lab>-hub``, node
+Built on `_util.netns.Underlay` with the prefix ``<lab>-``: hub ``<lab>-hub``, node
 ``<lab>-<node>``, pods ``<lab>-<node>-pod<k>``. Nothing outside those namespaces is
 touched; deleting a node namespace also deletes its veth's hub end.
 
@@ -14,8 +14,8 @@ import signal
 import subprocess
 import time
 
-from ..._cogs.netns import Underlay, delete_netns, list_netns
-from .state import Lab, LabError, Node, check_name
+from flannel_ext._util.netns import Underlay, delete_netns, list_netns
+from flannel_ext._lab.state import Lab, LabError, Node, check_name
 
 
 def underlay(lab: Lab) -> Underlay:

@@ -21,8 +21,8 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 
-from ..._cogs.errors import FlannelExtError
-from ..._cogs.files import write_atomic
+from flannel_ext._util.errors import FlannelExtError
+from flannel_ext._util.files import write_atomic
 
 DEFAULT_ROOT = "/run/flannel-ext/lab"
 # No "-" in lab or node names: then "<lab>-" prefixes exactly this lab's namespaces and

@@ -12,7 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
-from .errors import CommandError
+from flannel_ext._util.errors import CommandError
 
 NETNS_DIR = "/run/netns"
 

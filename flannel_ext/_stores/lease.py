@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from .._cogs import gojson
+from flannel_ext._util import gojson
 
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network

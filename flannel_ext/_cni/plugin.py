@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from .._cogs.files import write_atomic
+from flannel_ext._util.files import write_atomic
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -309,6 +309,3 @@ def main() -> int:
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

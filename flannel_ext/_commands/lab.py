@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from .state import Lab, LabError, list_labs
+from flannel_ext._lab.state import Lab, LabError, list_labs
 
 # `check` and `ops` (ctypes, subprocess pools) are imported by the handlers, so that
 # `flannel-ext` with any other subcommand, e.g. every node's `run`, does not pay for them.
@@ -77,7 +77,7 @@ def _out(text: str) -> None:
 
 
 def _up(args) -> int:
-    from . import ops
+    from flannel_ext._lab import ops
     report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
                     underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
                     timeout=args.timeout, out=_out)
@@ -85,7 +85,7 @@ def _up(args) -> int:
 
 
 def _check(args) -> int:
-    from . import check
+    from flannel_ext._lab import check
     lab = Lab.load(args.name)
     deadline = time.monotonic() + args.wait
     while True:
@@ -101,18 +101,18 @@ def _check(args) -> int:
 
 
 def _add_node(args) -> int:
-    from . import ops
+    from flannel_ext._lab import ops
     return 0 if ops.add_node(args.name, args.node, args.pods, timeout=args.timeout, out=_out).ok else 1
 
 
 def _rm_node(args) -> int:
-    from . import ops
+    from flannel_ext._lab import ops
     ops.rm_node(args.name, args.node, timeout=args.timeout, out=_out)
     return 0
 
 
 def _status(args) -> int:
-    from . import ops
+    from flannel_ext._lab import ops
     lab = Lab.load(args.name)
     rows = ops.status_rows(lab)
     _out(json.dumps({"name": lab.name, "dir": lab.dir, "net_conf": lab.net_conf, "store": lab.store,
@@ -121,7 +121,7 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    from . import daemons
+    from flannel_ext._lab import daemons
     lab = Lab.load(args.name)
     if args.node not in lab.nodes:
         raise LabError(f"lab {args.name!r} has no node {args.node!r} (nodes: {', '.join(lab.nodes)})")
@@ -143,5 +143,5 @@ def _logs(args) -> int:
 
 
 def _down(args) -> int:
-    from . import ops
+    from flannel_ext._lab import ops
     return ops.down(args.name, out=_out)

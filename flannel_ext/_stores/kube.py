@@ -31,11 +31,11 @@ from typing import Callable, Iterator, Mapping
 import urllib3
 from kubernetes import client, config as kube_config, watch as kube_watch
 
-from .._cogs.errors import ConfigError, StoreError
-from .base import AcquireRequest, DEFAULT_TTL, Snapshot
-from .kube_annotations import (DEFAULT_PREFIX, AnnotationNames, NodeTracker, annotation_patch,
+from flannel_ext._util.errors import ConfigError, StoreError
+from flannel_ext._stores.base import AcquireRequest, DEFAULT_TTL, Snapshot
+from flannel_ext._stores.kube_annotations import (DEFAULT_PREFIX, AnnotationNames, NodeTracker, annotation_patch,
                                network_available_patch, pod_cidrs)
-from .lease import Lease, LeaseEvent
+from flannel_ext._stores.lease import Lease, LeaseEvent
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from .._cogs.errors import ConfigError
-from .._config.netconf import COMMAND_FIELDS, load_netconf
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._config.netconf import COMMAND_FIELDS, load_netconf
 
 _LIFECYCLE = ("NETWORK", "SUBNET", "IPV6SUBNET", "PUBLIC_IP", "PUBLIC_IPV6")
 REMOTE_VARS = ("SUBNET", "PUBLIC_IP", "IPV6SUBNET", "PUBLIC_IPV6")

@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
-from .._config.netconf import NetConf
-from .lease import IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._stores.lease import IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent
 
 DEFAULT_TTL = 24 * 3600.0
 

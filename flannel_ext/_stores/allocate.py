@@ -17,8 +17,8 @@ import ipaddress
 import random
 from dataclasses import dataclass, field
 
-from .base import AcquireRequest
-from .lease import IPv4Network, IPv6Network, Lease
+from flannel_ext._stores.base import AcquireRequest
+from flannel_ext._stores.lease import IPv4Network, IPv6Network, Lease
 
 # flannel's bag size in allocateSubnet.
 MAX_CANDIDATES = 100

@@ -8,14 +8,14 @@ import signal
 import socket
 import threading
 
-from .._cogs.errors import ConfigError
-from .._config.netconf import load_netconf, parse_netconf
-from .._hooks.loader import load_hook
-from .._runtime.dispatch import Backoff
-from .._runtime.iface import check_ip, find_interface
-from .._runtime.node import NodeOptions, NodeRuntime
-from .._store import open_store
-from . import flags, logs
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._config.netconf import load_netconf, parse_netconf
+from flannel_ext._hooks.loader import load_hook
+from flannel_ext._runtime.dispatch import Backoff
+from flannel_ext._runtime.iface import check_ip, find_interface
+from flannel_ext._runtime.node import NodeOptions, NodeRuntime
+from flannel_ext._stores import open_store
+from flannel_ext._commands import flags, logs
 
 log = logging.getLogger("flannel_ext.run")
 
@@ -185,12 +185,12 @@ def _operations(args, runtime: NodeRuntime) -> list:
     """--ip-masq and --healthz-port: set up once the lease is known; returns undo callables."""
     undo = []
     if args.healthz_port:
-        from .health import HealthServer
+        from flannel_ext._runtime.health import HealthServer
         server = HealthServer(runtime.stats, host=args.healthz_ip, port=args.healthz_port)
         server.start()
         undo.append(server.stop)
     if args.ip_masq:
-        from . import ipmasq
+        from flannel_ext._runtime import ipmasq
 
         def masq(rt):
             ipmasq.setup_ip_masq(rt.config.network, rt.ctx.subnet,
@@ -201,7 +201,7 @@ def _operations(args, runtime: NodeRuntime) -> list:
 
 
 def _start_reload_watch(args, runtime: NodeRuntime):
-    from .reload import ReloadWatcher
+    from flannel_ext._runtime.reload import ReloadWatcher
 
     def load():
         config = load_config(args)

@@ -11,15 +11,15 @@ import os
 import sys
 import time
 
-from ..._cogs.netns import ip_json
-from ..cni import CniError, parse_subnet_env
-from .state import Lab, LabError, Node
-from .topology import alive, spawn
+from flannel_ext._util.netns import ip_json
+from flannel_ext._cni.plugin import CniError, parse_subnet_env
+from flannel_ext._lab.state import Lab, LabError, Node
+from flannel_ext._lab.topology import alive, spawn
 
 
 def run_argv(lab: Lab, node: Node) -> list[str]:
     """The daemon's command line; the node dir in it is the marker `alive()` checks."""
-    return [sys.executable, "-m", "flannel_ext._kits.cli", "run",
+    return [sys.executable, "-m", "flannel_ext", "run",
             "--net-conf", lab.net_conf, "--store", lab.store, "--iface", "eth0",
             "--subnet-file", lab.subnet_env(node.name), "--state-dir", lab.state_dir(node.name),
             "--node-name", node.name, "--log-format", "json", "--release-lease-on-exit",

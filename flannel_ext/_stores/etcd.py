@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
-from .._cogs.errors import LeaseConflict, OutOfSubnets, StoreError
-from .allocate import out_of_subnets, plan_acquire
-from .base import DEFAULT_TTL, AcquireRequest, Snapshot
-from .etcd_watch import Gateway, WatchStream, b64, parse_endpoints, prefix_end, unb64
-from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
+from flannel_ext._stores.allocate import out_of_subnets, plan_acquire
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
+from flannel_ext._stores.etcd_watch import Gateway, WatchStream, b64, parse_endpoints, prefix_end, unb64
+from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
 log = logging.getLogger(__name__)
 

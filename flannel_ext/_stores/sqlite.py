@@ -22,11 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .._cogs import inotify
-from .._cogs.errors import LeaseConflict, OutOfSubnets, StoreError
-from .allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
-from .base import DEFAULT_TTL, AcquireRequest, Snapshot
-from .lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+from flannel_ext._util import inotify
+from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
+from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
+from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
 DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
 HISTORY = 10000

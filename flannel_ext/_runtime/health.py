@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .._cogs.errors import ConfigError
-from .._runtime.stats import NodeStats
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._runtime.stats import NodeStats
 
 
 class StatsCollector:

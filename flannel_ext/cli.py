@@ -10,16 +10,16 @@ import argparse
 import importlib
 import sys
 
-from .. import __version__
-from .._cogs.errors import FlannelExtError
+from flannel_ext import __version__
+from flannel_ext._util.errors import FlannelExtError
 
 _SUBCOMMANDS = [
-    "flannel_ext._kits.run_cmd",
-    "flannel_ext._kits.hook_cmd",
-    "flannel_ext._kits.recipes_cmd",
-    "flannel_ext._kits.lab.cli",
-    "flannel_ext._kits.lint",
-    "flannel_ext._kits.manifest",
+    "flannel_ext._commands.run",
+    "flannel_ext._commands.hook",
+    "flannel_ext._commands.recipes",
+    "flannel_ext._commands.lab",
+    "flannel_ext._commands.lint",
+    "flannel_ext._commands.manifest",
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from .._cogs.errors import ConfigError
+from flannel_ext._util.errors import ConfigError
 
 _FORMS = "sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kube"
 
@@ -20,13 +20,13 @@ def open_store(url: str, **options):
     """
     value = (url or "").strip()
     if value.startswith("sqlite:"):
-        from .sqlite import SqliteStore
+        from flannel_ext._stores.sqlite import SqliteStore
         known = inspect.signature(SqliteStore.__init__).parameters
         return SqliteStore.from_url(value, **{k: v for k, v in options.items() if k in known})
     if value.startswith("etcd://"):
-        from .etcd import EtcdStore
+        from flannel_ext._stores.etcd import EtcdStore
         return EtcdStore.from_url(value, **options)
     if value == "kube":
-        from .kube import KubeStore
+        from flannel_ext._stores.kube import KubeStore
         return KubeStore.from_options(**options)
     raise ConfigError("--store", None, url, "unknown lease store", f"use {_FORMS}")

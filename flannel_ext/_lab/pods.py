@@ -14,9 +14,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from ..._cogs.netns import create_netns, delete_netns
-from .state import Lab, LabError, Node, Pod
-from .topology import alive, kill, spawn
+from flannel_ext._util.netns import create_netns, delete_netns
+from flannel_ext._lab.state import Lab, LabError, Node, Pod
+from flannel_ext._lab.topology import alive, kill, spawn
 
 PORT = 7777
 # -S: no site import, so each listener starts in a few ms.
@@ -42,7 +42,7 @@ def cni_argv() -> list[str]:
     PATH, which costs more than the plugin itself), else the module."""
     here = os.path.join(os.path.dirname(sys.executable), "flannel-ext-cni")
     path = here if os.access(here, os.X_OK) else shutil.which("flannel-ext-cni")
-    return [path] if path else [sys.executable, "-m", "flannel_ext._kits.cni"]
+    return [path] if path else [sys.executable, "-m", "flannel_ext.cni"]
 
 
 def cni_conf(lab: Lab, node: Node) -> dict:

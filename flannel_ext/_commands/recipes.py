@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from .._hooks.loader import installed_recipes, load_hook_class
+from flannel_ext._hooks.loader import installed_recipes, load_hook_class
 
 
 def register(subparsers):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..._cogs.netns import ip_json, sh
-from .pods import PORT, listener_alive
-from .probe import Target, probe
-from .state import Lab, Node
+from flannel_ext._util.netns import ip_json, sh
+from flannel_ext._lab.pods import PORT, listener_alive
+from flannel_ext._lab.probe import Target, probe
+from flannel_ext._lab.state import Lab, Node
 
 
 @dataclass
