@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from flannel_ext._runtime import subnetenv
 from flannel_ext._util import netns as _netns
 from flannel_ext._util.netns import Underlay, delete_netns, list_netns
 
@@ -88,8 +89,7 @@ class NodeDaemon:
         wait_for(lambda: (self.state_dir / "stats.json").exists(), timeout)
 
     def subnet_env(self) -> dict[str, str]:
-        lines = self.subnet_file.read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line)
+        return subnetenv.parse(self.subnet_file.read_text())
 
     @property
     def subnet(self) -> str:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from flannel_ext._util.netns import ip_json
-from flannel_ext._cni.plugin import CniError, parse_subnet_env
+from flannel_ext._runtime.subnetenv import SubnetEnvError, load as load_subnet_env
 from flannel_ext._lab.state import Lab, LabError, Node
 from flannel_ext._lab.topology import alive, spawn
 
@@ -53,10 +53,10 @@ def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
 def read_subnet(lab: Lab, node: Node) -> str:
     """The node's lease (subnet network) from its subnet.env, or "" while it has none."""
     try:
-        env = parse_subnet_env(lab.subnet_env(node.name))
-    except CniError:
+        env = load_subnet_env(lab.subnet_env(node.name))
+    except SubnetEnvError:
         return ""
-    return env["subnets"][0] if env["subnets"] else ""
+    return str(env.subnets[0]) if env.subnets else ""
 
 
 def wait_leases(lab: Lab, nodes: list[Node], timeout: float) -> None:

@@ -1,11 +1,41 @@
-"""subnet.env: written atomically with flannel's exact lines (§5), and read back at start."""
+"""subnet.env: written atomically with flannel's exact lines (§5), and the one parser of it.
+
+The daemon reads it back at start (its previous subnet), the CNI plugin builds each pod's
+delegate config from it, and the lab waits for it: all three go through `parse`/`load`.
+"""
 from __future__ import annotations
 
+import errno
 import ipaddress
+from dataclasses import dataclass
 
+from flannel_ext._util.errors import FlannelExtError
 from flannel_ext._util.files import write_atomic
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+#: The keys flannel's CNI plugin needs: one of each pair, plus MTU and IPMASQ.
+NETWORK_KEYS = ("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK")
+SUBNET_KEYS = ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SubnetEnvError(FlannelExtError):
+    """subnet.env is absent (`absent` is True: the daemon is not ready yet) or unusable."""
+
+    def __init__(self, path: str, problem: str, *, absent: bool = False):
+        self.path, self.problem, self.absent = path, problem, absent
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class SubnetEnv:
+    """What a pod needs from subnet.env; networks and subnets are IPv4 first, then IPv6."""
+
+    networks: tuple[IPNetwork, ...]
+    subnets: tuple[IPNetwork, ...]      # the lease networks (FLANNEL_SUBNET is its first address)
+    mtu: int
+    ipmasq: bool
 
 
 def render(*, network, subnet, mtu: int, ip_masq: bool, ipv6_network=None, ipv6_subnet=None) -> str:
@@ -27,19 +57,72 @@ def write(path: str, **fields) -> str:
     return text
 
 
+def parse(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as godotenv (flannel's reader) takes them.
+
+    Blank lines and ``#`` comments are skipped, an ``export`` prefix is allowed, and a value
+    in single or double quotes is unquoted (a hand-written ``FLANNEL_MTU="1450"`` works).
+    """
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or key.startswith("#"):
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
 def read(path: str) -> dict[str, str]:
-    """KEY=VALUE lines of an existing subnet.env ({} when missing or unreadable)."""
+    """The KEY=VALUE pairs of an existing subnet.env ({} when missing or unreadable)."""
     try:
-        with open(path) as handle:
-            text = handle.read()
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return parse(handle.read())
     except OSError:
         return {}
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            values[key] = value.strip().strip('"')
-    return values
+
+
+def load(path: str) -> SubnetEnv:
+    """subnet.env as flannel's CNI plugin reads it: network keys may be comma lists.
+
+    Raises `SubnetEnvError` naming the file and the key at fault; ``absent`` is set when
+    the file does not exist yet (flannel-ext has not written it: try again later).
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            values = parse(handle.read())
+    except FileNotFoundError:
+        raise SubnetEnvError(path, "does not exist yet: flannel-ext writes it once this node has its "
+                                   "lease (is `flannel-ext run` up on this node, with this --subnet-file?)",
+                             absent=True) from None
+    except OSError as exc:
+        raise SubnetEnvError(path, f"cannot be read ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
+    missing = [" or ".join(keys) for keys in (NETWORK_KEYS, SUBNET_KEYS) if not any(values.get(k) for k in keys)]
+    missing += [key for key in ("FLANNEL_MTU", "FLANNEL_IPMASQ") if not values.get(key)]
+    if missing:
+        raise SubnetEnvError(path, f"lacks {', '.join(missing)}")
+    networks = tuple(_network(path, key, item) for key in NETWORK_KEYS
+                     for item in values.get(key, "").split(",") if item.strip())
+    subnets = tuple(_network(path, key, values[key]) for key in SUBNET_KEYS if values.get(key))
+    try:
+        mtu = int(values["FLANNEL_MTU"])
+    except ValueError:
+        raise SubnetEnvError(path, f"FLANNEL_MTU={values['FLANNEL_MTU']!r} is not a number") from None
+    if values["FLANNEL_IPMASQ"] not in ("true", "false"):
+        raise SubnetEnvError(path, f"FLANNEL_IPMASQ={values['FLANNEL_IPMASQ']!r} is neither true nor false")
+    return SubnetEnv(networks, subnets, mtu, values["FLANNEL_IPMASQ"] == "true")
+
+
+def _network(path: str, key: str, value: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise SubnetEnvError(path, f"{key}={value.strip()!r} is not a CIDR") from None
 
 
 def previous_subnets(path: str):

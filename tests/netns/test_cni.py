@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 from flannel_ext._util.netns import create_netns, sh
-from flannel_ext._cni import plugin as cni
+from flannel_ext._cni import delegate, errors as codes, plugin as cni
+from flannel_ext._runtime import subnetenv
 
 CNI_PATH = "/usr/lib/cni"
 SUBNET_ENV = "FLANNEL_NETWORK=10.199.0.0/16\nFLANNEL_SUBNET=10.199.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n"
@@ -68,7 +69,7 @@ def test_add_check_del_as_a_runtime(pod_env):
     assert result["ips"][0]["gateway"] == "10.199.3.1"
 
     # The delegate config flannel would build, saved for DEL.
-    saved = json.loads((tmp / "cni" / "c1").read_text())
+    saved = json.loads((tmp / "cni" / conf["name"] / "c1" / "eth0").read_text())
     assert saved["type"] == "bridge" and saved["isGateway"] is True and saved["hairpinMode"] is True
     assert saved["ipMasq"] is False and saved["mtu"] == 1400 and saved["name"] == conf["name"]
     assert saved["ipam"]["ranges"] == [[{"subnet": "10.199.3.0/24"}]]
@@ -103,7 +104,7 @@ def test_add_check_del_as_a_runtime(pod_env):
     assert json.loads(sh(["ip", "netns", "exec", node, "bridge", "-j", "link"]).stdout) == []
     assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
     assert not (tmp / "ipam" / conf["name"] / str(ip.ip)).exists()
-    assert not (tmp / "cni" / "c1").exists()
+    assert not (tmp / "cni" / conf["name"] / "c1").exists()
     # DEL again (and for a container never added) succeeds, as the spec asks.
     assert invoke(node, "DEL", conf, netns=netns)[0] == 0
     assert invoke(node, "DEL", conf, cid="never-added")[0] == 0
@@ -112,7 +113,7 @@ def test_add_check_del_as_a_runtime(pod_env):
 def test_check_of_unknown_container_fails(pod_env):
     node, pod, conf, _ = pod_env
     rc, out = invoke(node, "CHECK", {**conf, "prevResult": {}}, netns=f"/run/netns/{pod}", cid="nope")
-    assert rc != 0 and out["code"] == cni.UNKNOWN_CONTAINER
+    assert rc != 0 and out["code"] == codes.UNKNOWN_CONTAINER
 
 
 def test_version():
@@ -123,17 +124,17 @@ def test_version():
 
 
 @pytest.mark.parametrize("case, code", [
-    ("garbage", cni.DECODE_FAILURE),
-    ("array", cni.DECODE_FAILURE),
-    ("version", cni.INCOMPATIBLE_VERSION),
-    ("noname", cni.INVALID_CONFIG),
-    ("delegate-name", cni.INVALID_CONFIG),
-    ("delegate-ipam", cni.INVALID_CONFIG),
-    ("no-subnet-env", cni.TRY_AGAIN_LATER),
-    ("bad-subnet-env", cni.BAD_SUBNET_ENV),
-    ("missing-env", cni.INVALID_ENV),
-    ("unknown-command", cni.INVALID_ENV),
-    ("no-delegate", cni.DELEGATE_NOT_FOUND),
+    ("garbage", codes.DECODE_FAILURE),
+    ("array", codes.DECODE_FAILURE),
+    ("version", codes.INCOMPATIBLE_VERSION),
+    ("noname", codes.INVALID_CONFIG),
+    ("delegate-name", codes.INVALID_CONFIG),
+    ("delegate-ipam", codes.INVALID_CONFIG),
+    ("no-subnet-env", codes.TRY_AGAIN_LATER),
+    ("bad-subnet-env", codes.BAD_SUBNET_ENV),
+    ("missing-env", codes.INVALID_ENV),
+    ("unknown-command", codes.INVALID_ENV),
+    ("no-delegate", codes.DELEGATE_MISSING),
     ("delegate-error", 4),  # bridge's own error JSON, passed through
 ])
 def test_errors_are_cni_error_json(pod_env, case, code):
@@ -177,13 +178,14 @@ def test_errors_are_cni_error_json(pod_env, case, code):
 
 # -- the delegate config, without the kernel -----------------------------------------------
 
-ENV = {"networks": ["10.244.0.0/16"], "subnets": ["10.244.1.0/24"], "mtu": 1450, "ipmasq": False}
+ENV = subnetenv.SubnetEnv((ipaddress.ip_network("10.244.0.0/16"),), (ipaddress.ip_network("10.244.1.0/24"),),
+                          1450, False)
 
 
 def test_delegate_overrides_and_default_gateway():
     conf = {"name": "cbr0", "cniVersion": "0.3.1",
             "delegate": {"hairpinMode": True, "isDefaultGateway": True, "mtu": 1400}}
-    d = cni.build_delegate(conf, ENV)
+    d = delegate.build(conf, ENV)
     assert d["hairpinMode"] is True and d["mtu"] == 1400 and d["ipMasq"] is True
     assert d["cniVersion"] == "0.3.1" and d["isGateway"] is True
     # The bridge's default route covers the network, so no network route is added.
@@ -195,10 +197,11 @@ def test_subnet_env_dual_stack_and_comma_lists(tmp_path):
     path.write_text("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
                     "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n"
                     "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-    env = cni.parse_subnet_env(str(path))
-    assert env == {"networks": ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"],
-                   "subnets": ["10.244.1.0/24", "fd00:0:0:1::/64"], "mtu": 1450, "ipmasq": True}
-    d = cni.build_delegate({"name": "n"}, env)
+    env = subnetenv.load(str(path))
+    assert [str(n) for n in env.networks] == ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"]
+    assert [str(n) for n in env.subnets] == ["10.244.1.0/24", "fd00:0:0:1::/64"]
+    assert (env.mtu, env.ipmasq) == (1450, True)
+    d = delegate.build({"name": "n"}, env)
     assert d["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:0:0:1::/64"}]]
     assert [r["dst"] for r in d["ipam"]["routes"]] == ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"]
     assert d["ipMasq"] is False
