@@ -78,7 +78,7 @@ def _subnet_env(path: str, absent_code: int = TRY_AGAIN_LATER) -> subnetenv.Subn
         return subnetenv.load(path)
     except subnetenv.SubnetEnvError as exc:
         code = absent_code if exc.absent else BAD_SUBNET_ENV
-        raise CniError(code, f"subnet.env {exc.path} {exc.problem.split(':')[0]}", exc.problem)
+        raise CniError(code, f"subnet.env {exc.path} {exc.problem}", exc.hint)
 
 
 def _attachment(conf: dict, environ: dict) -> Attachment:

@@ -23,9 +23,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class SubnetEnvError(FlannelExtError):
     """subnet.env is absent (`absent` is True: the daemon is not ready yet) or unusable."""
 
-    def __init__(self, path: str, problem: str, *, absent: bool = False):
-        self.path, self.problem, self.absent = path, problem, absent
-        super().__init__(f"{path}: {problem}")
+    def __init__(self, path: str, problem: str, *, hint: str = "", absent: bool = False):
+        self.path, self.problem, self.hint, self.absent = path, problem, hint, absent
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ def load(path: str) -> SubnetEnv:
         with open(path, encoding="utf-8", errors="replace") as handle:
             values = parse(handle.read())
     except FileNotFoundError:
-        raise SubnetEnvError(path, "does not exist yet: flannel-ext writes it once this node has its "
-                                   "lease (is `flannel-ext run` up on this node, with this --subnet-file?)",
-                             absent=True) from None
+        raise SubnetEnvError(path, "does not exist yet", absent=True,
+                             hint="flannel-ext writes it once this node has its lease: is `flannel-ext run` "
+                                  "up on this node, with this --subnet-file?") from None
     except OSError as exc:
         raise SubnetEnvError(path, f"cannot be read ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
     missing = [" or ".join(keys) for keys in (NETWORK_KEYS, SUBNET_KEYS) if not any(values.get(k) for k in keys)]

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+import flannel_ext
 from flannel_ext._util.netns import create_netns, sh
 from flannel_ext._cni import delegate, errors as codes, plugin as cni
 from flannel_ext._runtime import subnetenv
@@ -123,21 +124,21 @@ def test_version():
     assert {"0.3.1", "0.4.0", "1.0.0"} <= set(out["supportedVersions"])
 
 
-@pytest.mark.parametrize("case, code", [
-    ("garbage", codes.DECODE_FAILURE),
-    ("array", codes.DECODE_FAILURE),
-    ("version", codes.INCOMPATIBLE_VERSION),
-    ("noname", codes.INVALID_CONFIG),
-    ("delegate-name", codes.INVALID_CONFIG),
-    ("delegate-ipam", codes.INVALID_CONFIG),
-    ("no-subnet-env", codes.TRY_AGAIN_LATER),
-    ("bad-subnet-env", codes.BAD_SUBNET_ENV),
-    ("missing-env", codes.INVALID_ENV),
-    ("unknown-command", codes.INVALID_ENV),
-    ("no-delegate", codes.DELEGATE_MISSING),
-    ("delegate-error", 4),  # bridge's own error JSON, passed through
+@pytest.mark.parametrize("case, code, names", [
+    ("garbage", codes.DECODE_FAILURE, "stdin"),
+    ("array", codes.DECODE_FAILURE, "stdin"),
+    ("version", codes.INCOMPATIBLE_VERSION, "'cniVersion' '9.9.9'"),
+    ("noname", codes.INVALID_CONFIG, "'name'"),
+    ("delegate-name", codes.INVALID_CONFIG, "'delegate.name'"),
+    ("delegate-ipam", codes.INVALID_CONFIG, "'delegate.ipam'"),
+    ("no-subnet-env", codes.TRY_AGAIN_LATER, "absent.env does not exist yet"),
+    ("bad-subnet-env", codes.BAD_SUBNET_ENV, "bad.env lacks FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET, FLANNEL_IPMASQ"),
+    ("missing-env", codes.INVALID_ENV, "CNI_NETNS"),
+    ("unknown-command", codes.INVALID_ENV, "CNI_COMMAND 'FROB'"),
+    ("no-delegate", codes.DELEGATE_MISSING, "'no-such-plugin' is in no CNI_PATH directory"),
+    ("delegate-error", 4, "interface name"),  # bridge's own error JSON, passed through
 ])
-def test_errors_are_cni_error_json(pod_env, case, code):
+def test_errors_are_cni_error_json(pod_env, case, code, names):
     node, pod, conf, tmp = pod_env
     kwargs = {"netns": f"/run/netns/{pod}"}
     command = "ADD"
@@ -169,11 +170,128 @@ def test_errors_are_cni_error_json(pod_env, case, code):
     rc, out = invoke(node, command, conf, **kwargs)
     assert rc != 0
     assert out["code"] == code, out
-    assert out["msg"]
+    # Each error names the key or file at fault, and none says "not found": podman
+    # reads that as "command not found" and reports exit code 127.
+    assert names in out["msg"], out
+    assert "not found" not in json.dumps(out).lower()
     if case == "delegate-error":
         assert out["msg"] == "interface name is too long" and "16 characters" in out["details"]
     # Nothing was created in the node namespace by a failed call.
     assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+
+
+# -- CNI 1.1 as a runtime drives it: attachments, GC, STATUS ---------------------------------
+
+# A delegate that is the reference bridge, except that DEL fails while a marker file exists
+# (a runtime sees exactly this when a delegate's DEL breaks).
+FLAKY_BRIDGE = """#!/bin/sh
+if [ "$CNI_COMMAND" = DEL ] && [ -e "$(dirname "$0")/fail-del" ]; then
+    echo '{"cniVersion":"1.0.0","code":999,"msg":"injected DEL failure"}'
+    exit 1
+fi
+exec %s/bridge
+""" % CNI_PATH
+
+
+def _ipam_ips(tmp, network: str) -> set[str]:
+    """The addresses host-local holds for `network`."""
+    d = tmp / "ipam" / network
+    return {p.name for p in d.iterdir() if p.name[0].isdigit()} if d.exists() else set()
+
+
+def _cached(tmp) -> set[tuple[str, ...]]:
+    return {p.relative_to(tmp / "cni").parts for p in (tmp / "cni").rglob("*") if p.is_file()}
+
+
+def test_one_container_on_two_networks_keeps_two_attachments(pod_env):
+    """Each network's DEL undoes only its own attachment (cache keyed network+container+ifname)."""
+    node, pod, conf, tmp = pod_env
+    (tmp / "second.env").write_text('FLANNEL_NETWORK="10.198.0.0/16"\nFLANNEL_SUBNET="10.198.7.1/24"\n'
+                                    "FLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n")
+    second = {**conf, "name": conf["name"] + "b", "subnetFile": str(tmp / "second.env"),
+              "delegate": {"bridge": "cni1"}}
+    netns = f"/run/netns/{pod}"
+    rc, first_result = invoke(node, "ADD", conf, netns=netns)
+    assert rc == 0, first_result
+    rc, second_result = invoke(node, "ADD", second, netns=netns, ifname="eth1")
+    assert rc == 0, second_result
+    assert second_result["ips"][0]["address"].startswith("10.198.7.")
+    assert _cached(tmp) == {(conf["name"], "c1", "eth0"), (second["name"], "c1", "eth1")}
+    assert len(_ipam_ips(tmp, conf["name"])) == 1 and len(_ipam_ips(tmp, second["name"])) == 1
+
+    assert invoke(node, "DEL", conf, netns=netns)[0] == 0
+    assert _ipam_ips(tmp, conf["name"]) == set(), "the first network's address leaked"
+    assert len(_ipam_ips(tmp, second["name"])) == 1, "the second network's address went with the first"
+    assert sorted(l["ifname"] for l in _ipj(pod, "link")) == ["eth1", "lo"]
+    assert _cached(tmp) == {(second["name"], "c1", "eth1")}
+
+    assert invoke(node, "DEL", second, netns=netns, ifname="eth1")[0] == 0
+    assert _ipam_ips(tmp, second["name"]) == set() and _cached(tmp) == set()
+    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+
+
+def test_gc_collects_stale_attachments_including_a_failed_del(pod_env, netns_prefix):
+    node, pod, conf, tmp = pod_env
+    other = create_netns(f"{netns_prefix}pod2")
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    (bindir / "flaky").write_text(FLAKY_BRIDGE)
+    (bindir / "flaky").chmod(0o755)
+    cni_path = f"{bindir}:{CNI_PATH}"
+    conf = {**conf, "cniVersion": "1.1.0", "delegate": {"type": "flaky", "isGateway": True}}
+    rc, result = invoke(node, "ADD", conf, netns=f"/run/netns/{pod}", cni_path=cni_path)
+    assert rc == 0, result
+    assert result["cniVersion"] == "1.1.0"   # Debian's bridge speaks 1.0.0: the plugin bridges the gap
+    assert invoke(node, "ADD", conf, cid="c2", netns=f"/run/netns/{other}", cni_path=cni_path)[0] == 0
+    assert len(_ipam_ips(tmp, conf["name"])) == 2
+
+    # The runtime deletes c1, but the delegate's DEL fails: the entry must stay for GC.
+    (bindir / "fail-del").touch()
+    rc, out = invoke(node, "DEL", conf, netns=f"/run/netns/{pod}", cni_path=cni_path)
+    assert rc == 1 and out["msg"] == "injected DEL failure"
+    assert (conf["name"], "c1", "eth0") in _cached(tmp)
+
+    gc = {**conf, "cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}]}
+    rc, out = invoke(node, "GC", gc, cid="", ifname="", cni_path=cni_path)
+    assert rc == 1 and out["code"] == codes.DELEGATE_FAILED and "c1/eth0" in out["details"], out
+    assert (conf["name"], "c1", "eth0") in _cached(tmp), "an entry whose DEL failed again stays"
+
+    (bindir / "fail-del").unlink()
+    rc, out = invoke(node, "GC", gc, cid="", ifname="", cni_path=cni_path)
+    assert (rc, out) == (0, None)
+    assert _cached(tmp) == {(conf["name"], "c2", "eth0")}
+    assert len(_ipam_ips(tmp, conf["name"])) == 1, "GC freed c1's address and kept c2's"
+    assert sorted(l["ifname"] for l in _ipj(other, "link")) == ["eth0", "lo"]
+
+    # GC is for this network only, and needs 1.1.0.
+    assert invoke(node, "GC", {**gc, "name": "othernet", "cni.dev/valid-attachments": []},
+                  cid="", ifname="", cni_path=cni_path) == (0, None)
+    assert _cached(tmp) == {(conf["name"], "c2", "eth0")}
+    rc, out = invoke(node, "GC", {**gc, "cniVersion": "1.0.0"}, cid="", ifname="", cni_path=cni_path)
+    assert rc == 1 and out["code"] == codes.INCOMPATIBLE_VERSION
+    rc, out = invoke(node, "GC", {**gc, "cni.dev/valid-attachments": ["c2"]}, cid="", ifname="",
+                     cni_path=cni_path)
+    assert rc == 1 and out["code"] == codes.INVALID_CONFIG and "cni.dev/valid-attachments" in out["msg"]
+
+
+def test_status_reports_whether_subnet_env_is_there(pod_env):
+    node, _, conf, tmp = pod_env
+    conf = {**conf, "cniVersion": "1.1.0"}
+    assert invoke(node, "STATUS", conf, cid="", ifname="", netns="") == (0, None)
+    (tmp / "subnet.env").unlink()
+    rc, out = invoke(node, "STATUS", conf, cid="", ifname="", netns="")
+    assert rc == 1 and out["code"] == codes.PLUGIN_NOT_AVAILABLE
+    assert str(tmp / "subnet.env") in out["msg"] and "does not exist yet" in out["msg"]
+    rc, out = invoke(node, "STATUS", {**conf, "cniVersion": "1.0.0"}, cid="", ifname="", netns="")
+    assert rc == 1 and out["code"] == codes.INCOMPATIBLE_VERSION
+
+
+def test_no_command_prints_the_about_lines():
+    proc = subprocess.run([_plugin()], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ.get("PATH", "")}, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert proc.stderr == (f"CNI flannel-ext plugin v{flannel_ext.__version__}\n"
+                           f"CNI protocol versions supported: {', '.join(cni.SUPPORTED_VERSIONS)}\n")
 
 
 # -- the delegate config, without the kernel -----------------------------------------------
