@@ -9,7 +9,7 @@ pytest_plugins = ["flannel_ext.testing"]
 # so the run stops at once with the fix instead of skipping the tests that would have caught a bug.
 REQUIRED_TOOLS = {
     "etcd": "etcd-server", "etcdctl": "etcd-client", "shellcheck": "shellcheck", "make": "make",
-    "ip": "iproute2", "bridge": "iproute2", "nft": "nftables",
+    "ip": "iproute2", "bridge": "iproute2", "nft": "nftables", "podman": "podman", "runc": "runc",
 }
 
 

@@ -103,7 +103,7 @@ def test_add_check_del_as_a_runtime(pod_env):
     rc, out = invoke(node, "DEL", conf, netns=netns)
     assert rc == 0, out
     assert json.loads(sh(["ip", "netns", "exec", node, "bridge", "-j", "link"]).stdout) == []
-    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+    assert [link["ifname"] for link in _ipj(pod, "link")] == ["lo"]
     assert not (tmp / "ipam" / conf["name"] / str(ip.ip)).exists()
     assert not (tmp / "cni" / conf["name"] / "c1").exists()
     # DEL again (and for a container never added) succeeds, as the spec asks.
@@ -177,20 +177,20 @@ def test_errors_are_cni_error_json(pod_env, case, code, names):
     if case == "delegate-error":
         assert out["msg"] == "interface name is too long" and "16 characters" in out["details"]
     # Nothing was created in the node namespace by a failed call.
-    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+    assert [link["ifname"] for link in _ipj(pod, "link")] == ["lo"]
 
 
 # -- CNI 1.1 as a runtime drives it: attachments, GC, STATUS ---------------------------------
 
 # A delegate that is the reference bridge, except that DEL fails while a marker file exists
 # (a runtime sees exactly this when a delegate's DEL breaks).
-FLAKY_BRIDGE = """#!/bin/sh
+FLAKY_BRIDGE = f"""#!/bin/sh
 if [ "$CNI_COMMAND" = DEL ] && [ -e "$(dirname "$0")/fail-del" ]; then
-    echo '{"cniVersion":"1.0.0","code":999,"msg":"injected DEL failure"}'
+    echo '{{"cniVersion":"1.0.0","code":999,"msg":"injected DEL failure"}}'
     exit 1
 fi
-exec %s/bridge
-""" % CNI_PATH
+exec {CNI_PATH}/bridge
+"""
 
 
 def _ipam_ips(tmp, network: str) -> set[str]:
@@ -222,12 +222,12 @@ def test_one_container_on_two_networks_keeps_two_attachments(pod_env):
     assert invoke(node, "DEL", conf, netns=netns)[0] == 0
     assert _ipam_ips(tmp, conf["name"]) == set(), "the first network's address leaked"
     assert len(_ipam_ips(tmp, second["name"])) == 1, "the second network's address went with the first"
-    assert sorted(l["ifname"] for l in _ipj(pod, "link")) == ["eth1", "lo"]
+    assert sorted(link["ifname"] for link in _ipj(pod, "link")) == ["eth1", "lo"]
     assert _cached(tmp) == {(second["name"], "c1", "eth1")}
 
     assert invoke(node, "DEL", second, netns=netns, ifname="eth1")[0] == 0
     assert _ipam_ips(tmp, second["name"]) == set() and _cached(tmp) == set()
-    assert [l["ifname"] for l in _ipj(pod, "link")] == ["lo"]
+    assert [link["ifname"] for link in _ipj(pod, "link")] == ["lo"]
 
 
 def test_gc_collects_stale_attachments_including_a_failed_del(pod_env, netns_prefix):
@@ -261,7 +261,7 @@ def test_gc_collects_stale_attachments_including_a_failed_del(pod_env, netns_pre
     assert (rc, out) == (0, None)
     assert _cached(tmp) == {(conf["name"], "c2", "eth0")}
     assert len(_ipam_ips(tmp, conf["name"])) == 1, "GC freed c1's address and kept c2's"
-    assert sorted(l["ifname"] for l in _ipj(other, "link")) == ["eth0", "lo"]
+    assert sorted(link["ifname"] for link in _ipj(other, "link")) == ["eth0", "lo"]
 
     # GC is for this network only, and needs 1.1.0.
     assert invoke(node, "GC", {**gc, "name": "othernet", "cni.dev/valid-attachments": []},

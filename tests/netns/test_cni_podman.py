@@ -20,19 +20,8 @@ from pathlib import Path
 import pytest
 
 from flannel_ext._util.netns import create_netns, sh
+from netns.test_cni import CNI_PATH, FLAKY_BRIDGE
 
-CNI_PATH = "/usr/lib/cni"
-pytestmark = pytest.mark.skipif(not (shutil.which("podman") and shutil.which("runc")),
-                                reason="podman and runc are not installed (apt-get install podman runc)")
-
-# The reference bridge, except that DEL fails while a marker file sits next to it.
-FLAKY_BRIDGE = f"""#!/bin/sh
-if [ "$CNI_COMMAND" = DEL ] && [ -e "$(dirname "$0")/fail-del" ]; then
-    echo '{{"cniVersion":"1.0.0","code":999,"msg":"injected DEL failure"}}'
-    exit 1
-fi
-exec {CNI_PATH}/bridge
-"""
 
 
 def minimal_rootfs(root: Path, *programs: str) -> Path:
