@@ -19,25 +19,39 @@ from flannel_ext._hooks.process import ProcessResult, run_process
 OUTPUT_LIMIT = 4096  # bytes of output kept for logs and traces
 
 
+#: The variables each command gets on top of the daemon's environment: the one list (lint
+#: declares exactly these to shellcheck, and knows the remote ones come from other nodes).
+LIFECYCLE_VARS = ("NETWORK", "SUBNET", "IPV6SUBNET", "PUBLIC_IP", "PUBLIC_IPV6")
+REMOTE_VARS = ("SUBNET", "PUBLIC_IP", "IPV6SUBNET", "PUBLIC_IPV6")
+IFACE_VAR = "FLANNEL_IFACE"
+COMMAND_VARS = {
+    "PreStartupCommand": (IFACE_VAR,),
+    "PostStartupCommand": LIFECYCLE_VARS + (IFACE_VAR,),
+    "SubnetAddCommand": REMOTE_VARS + (IFACE_VAR,),
+    "SubnetRemoveCommand": REMOTE_VARS + (IFACE_VAR,),
+    "ShutdownCommand": LIFECYCLE_VARS + (IFACE_VAR,),
+}
+
+
 def lifecycle_env(ctx: HookContext) -> dict[str, str]:
     """PostStartup's variables: flannel's set (§2.2); unset IPv6 values are empty, not '<nil>'."""
-    return {
-        "NETWORK": str(ctx.network) if ctx.network else "",
-        "SUBNET": str(ctx.subnet) if ctx.subnet else "",
-        "IPV6SUBNET": str(ctx.ipv6_subnet) if ctx.ipv6_subnet else "",
-        "PUBLIC_IP": ctx.public_ip or "",
-        "PUBLIC_IPV6": ctx.public_ipv6 or "",
-    }
+    return dict(zip(LIFECYCLE_VARS, (
+        str(ctx.network) if ctx.network else "",
+        str(ctx.subnet) if ctx.subnet else "",
+        str(ctx.ipv6_subnet) if ctx.ipv6_subnet else "",
+        ctx.public_ip or "",
+        ctx.public_ipv6 or "",
+    ), strict=True))
 
 
 def remote_env(lease: RemoteLease) -> dict[str, str]:
     """SubnetAdd/Remove variables: flannel's SUBNET and PUBLIC_IP, plus the IPv6 pair (#1501)."""
-    return {
-        "SUBNET": str(lease.subnet) if lease.subnet else "",
-        "PUBLIC_IP": lease.public_ip,
-        "IPV6SUBNET": str(lease.ipv6_subnet) if lease.ipv6_subnet else "",
-        "PUBLIC_IPV6": lease.public_ipv6 or "",
-    }
+    return dict(zip(REMOTE_VARS, (
+        str(lease.subnet) if lease.subnet else "",
+        lease.public_ip,
+        str(lease.ipv6_subnet) if lease.ipv6_subnet else "",
+        lease.public_ipv6 or "",
+    ), strict=True))
 
 
 class ShellHook(Hook):
@@ -69,7 +83,7 @@ class ShellHook(Hook):
             return None
         env = dict(os.environ)
         env.update(extra_env)
-        env["FLANNEL_IFACE"] = ctx.iface or ""
+        env[IFACE_VAR] = ctx.iface or ""
         argv = [self.shell, "-c", command]
         if ctx.dry_run:
             shown = " ".join(f"{k}={v}" for k, v in sorted(extra_env.items()))

@@ -81,7 +81,7 @@ def test_etcd_restart_mid_run(underlay, netns_prefix, etcd_on_underlay, tmp_path
     etcd.start()
     ip = str(underlay.network.network_address + 77)
     taken = {n.subnet for n in nodes}  # a subnet no node holds
-    joined = next(f"10.50.{i}.0/24" for i in range(222, 256) if f"10.50.{i}.0/24" not in taken)
+    joined = next(f"10.244.{i}.0/24" for i in range(222, 256) if f"10.244.{i}.0/24" not in taken)
     etcd.etcdctl("put", "/coreos.com/network/subnets/" + joined.replace("/", "-"),
                  '{"PublicIP":"%s","PublicIPv6":null,"BackendType":"extension"}' % ip)
     for node in nodes:

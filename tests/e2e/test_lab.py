@@ -23,7 +23,7 @@ from flannel_ext import testing
 from flannel_ext._lab.state import Lab, lab_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-NETWORK = "10.50.0.0/16"  # the shipped recipes' Network, so a live switch keeps it
+NETWORK = "10.244.0.0/16"  # the shipped recipes' Network, so a live switch keeps it
 
 
 def lab_cmd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -171,7 +171,7 @@ def test_live_recipe_switch_and_invalid_edit(lab_name, tmp_path):
 
     # An invalid edit: every daemon rejects it in its log and keeps the running dataplane.
     sizes = _log_sizes(lab)
-    net_conf.write_text('{"Network": "10.50.0.0/16", "Backend": {"Type": ')
+    net_conf.write_text('{"Network": "10.244.0.0/16", "Backend": {"Type": ')
     wait_for("every daemon to reject the edit", lambda: _logged_since(lab, sizes, "reload rejected"))
     assert not any(_logged_since(lab, {n: s}, "configuration changed") for n, s in sizes.items())
     assert _vxlan_everywhere(lab)

@@ -1,6 +1,7 @@
 """`flannel-ext hook` runs one hook as the runtime would; --dry-run changes nothing."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import pathlib
 import subprocess
@@ -30,18 +31,19 @@ def test_hook_subnet_add(underlay, netns_prefix, tmp_path, conf):
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)
     gw = str(underlay.network.network_address + 9)
+    subnet = str(list(ipaddress.ip_network(json.loads(conf.read_text())["Network"]).subnets(new_prefix=24))[3])
     before = kernel_state(ns)
-    dry = hook(ns, "SubnetAdd", "--net-conf", str(conf), "--subnet", "10.50.3.0/24", "--public-ip", gw,
+    dry = hook(ns, "SubnetAdd", "--net-conf", str(conf), "--subnet", subnet, "--public-ip", gw,
                "--iface", "eth0", "--state-dir", str(tmp_path), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "SUBNET=10.50.3.0/24" in dry.stdout and f"PUBLIC_IP={gw}" in dry.stdout
+    assert f"SUBNET={subnet}" in dry.stdout and f"PUBLIC_IP={gw}" in dry.stdout
     assert kernel_state(ns) == before
 
-    real = hook(ns, "SubnetAdd", "--net-conf", str(conf), "--subnet", "10.50.3.0/24", "--public-ip", gw,
+    real = hook(ns, "SubnetAdd", "--net-conf", str(conf), "--subnet", subnet, "--public-ip", gw,
                 "--iface", "eth0", "--state-dir", str(tmp_path))
     assert real.returncode == 0, real.stdout + real.stderr
     assert "exit code: 0" in real.stdout
-    assert [r["gateway"] for r in routes(ns) if r.get("dst") == "10.50.3.0/24"] == [gw]
+    assert [r["gateway"] for r in routes(ns) if r.get("dst") == subnet] == [gw]
 
 
 def test_hook_rejects_bad_lease(underlay, netns_prefix, tmp_path):
