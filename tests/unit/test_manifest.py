@@ -280,9 +280,9 @@ def cni(tmp_path):
             "name": "cbr0", "type": "flannel-ext-cni", "subnetFile": str(subnet),
             "dataDir": str(tmp_path / "data")}
 
-    def call(command, config=conf, container="c1"):
+    def call(command, config=conf, container="c1", ifname="eth0"):
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
-               "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0", "CNI_PATH": f"/nonexistent:{bindir}"}
+               "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": ifname, "CNI_PATH": f"/nonexistent:{bindir}"}
         return subprocess.run([str(plugin)], input=json.dumps(config, indent=1), env=env,
                               capture_output=True, text=True, timeout=10)
     call.bindir, call.tmp, call.conf, call.subnet = bindir, tmp_path, conf, subnet
@@ -303,7 +303,7 @@ def test_cni_add_delegates_like_flannel(cni):
     cni.subnet.unlink()
     assert cni("DEL").returncode == 0
     assert json.loads((cni.bindir / "stdin.DEL").read_text()) == delegate
-    assert not (cni.tmp / "data" / "c1").exists()
+    assert not (cni.tmp / "data" / "cbr0" / "c1").exists()
     assert cni("DEL").returncode == 0, "a second DEL is a no-op"
 
 
@@ -325,14 +325,54 @@ def test_cni_errors_are_cni_json(cni):
     assert err["code"] == 11 and "subnet.env" in err["msg"]
     cni.subnet.write_text("FLANNEL_NETWORK=10.244.0.0/16\n")
     err = json.loads(cni("ADD").stdout)
-    assert err["code"] == 4 and "FLANNEL_SUBNET" in err["msg"]
+    assert err["code"] == 100 and "FLANNEL_SUBNET" in err["msg"] and str(cni.subnet) in err["msg"]
     (cni.bindir / "bridge").unlink()
     cni.subnet.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n"
                           "FLANNEL_IPMASQ=true\n")
     err = json.loads(cni("ADD").stdout)
     assert err["code"] == 7 and "bridge" in err["msg"]
     assert json.loads(cni("VERSION").stdout)["supportedVersions"][-1] == "1.0.0"
-    assert json.loads(cni("CHECK", container="unknown").stdout)["code"] == 11
+    assert json.loads(cni("CHECK", container="unknown").stdout)["code"] == 3
+
+
+def test_cni_keys_each_attachment_by_network_container_and_interface(cni):
+    """One container on two flannel networks: each DEL hands over its own network's config."""
+    second = cni.tmp / "second.env"
+    second.write_text('FLANNEL_NETWORK="10.9.0.0/16"\nFLANNEL_SUBNET="10.9.4.1/24"\nFLANNEL_MTU=1400\n'
+                      "FLANNEL_IPMASQ=false\n")
+    other = dict(cni.conf, name="other", subnetFile=str(second))
+    assert cni("ADD").returncode == 0
+    assert cni("ADD", other, ifname="eth1").returncode == 0
+    assert json.loads((cni.bindir / "stdin.ADD").read_text())["ipam"]["ranges"] == [[{"subnet": "10.9.4.0/24"}]]
+    assert cni("DEL").returncode == 0
+    assert json.loads((cni.bindir / "stdin.DEL").read_text())["name"] == "cbr0"
+    assert cni("DEL", other, ifname="eth1").returncode == 0
+    deleted = json.loads((cni.bindir / "stdin.DEL").read_text())
+    assert deleted["name"] == "other" and deleted["ipam"]["ranges"] == [[{"subnet": "10.9.4.0/24"}]]
+    assert not any(p.is_file() for p in (cni.tmp / "data").rglob("*"))
+    # An entry an older version keyed by container alone is still deleted, for its own network.
+    legacy = cni.tmp / "data" / "c9"
+    legacy.write_text(json.dumps({"cniVersion": "0.3.1", "name": "cbr0", "type": "bridge"}, separators=(",", ":")))
+    assert cni("DEL", other, container="c9").returncode == 0 and legacy.exists()
+    assert cni("DEL", container="c9").returncode == 0 and not legacy.exists()
+
+
+def test_cni_messages_never_say_not_found(cni):
+    cni.subnet.unlink()
+    err = json.loads(cni("ADD").stdout)
+    assert err["msg"] == f"subnet.env {cni.subnet} does not exist yet"
+    (cni.bindir / "bridge").unlink()
+    for proc in (cni("ADD"), cni("CHECK"), cni("FROB")):
+        assert proc.returncode == 1 and "not found" not in proc.stdout and "no such file" not in proc.stdout
+
+
+def test_cni_about_line_without_a_command(tmp_path):
+    plugin = tmp_path / "flannel-ext-cni"
+    plugin.write_text(manifest.cni_plugin_script())
+    proc = subprocess.run(["sh", str(plugin)], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+                          env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert proc.stderr.startswith("CNI flannel-ext plugin (sh port)\nCNI protocol versions supported: ")
 
 
 def test_cni_script_passes_shellcheck(tmp_path):
