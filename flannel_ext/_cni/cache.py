@@ -74,7 +74,8 @@ class Cache:
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot remove {path}", exc.strerror or str(exc))
         parent = os.path.dirname(path)
-        if os.path.dirname(parent) != self.data_dir:   # <dataDir>/<network>/<cid>: drop it if empty
+        # <dataDir>/<network>/<cid> goes once empty; a legacy entry's parent is dataDir itself.
+        if os.path.dirname(os.path.dirname(parent)) == os.path.normpath(self.data_dir):
             try:
                 os.rmdir(parent)
             except OSError:

@@ -274,6 +274,24 @@ def test_gc_collects_stale_attachments_including_a_failed_del(pod_env, netns_pre
     assert rc == 1 and out["code"] == codes.INVALID_CONFIG and "cni.dev/valid-attachments" in out["msg"]
 
 
+def test_del_honours_an_entry_keyed_by_container_alone(tmp_path):
+    """flannel's (and older versions') layout, <dataDir>/<containerID>: used for its own network."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "stub").write_text('#!/bin/sh\ncat > "$(dirname "$0")/stdin.$CNI_COMMAND"\n')
+    (bindir / "stub").chmod(0o755)
+    data = tmp_path / "cni"
+    data.mkdir()
+    legacy = data / "c1"
+    legacy.write_text(json.dumps({"cniVersion": "1.0.0", "name": "cbr0", "type": "stub"}))
+    conf = {"cniVersion": "1.0.0", "name": "othernet", "type": "flannel", "dataDir": str(data)}
+    assert invoke(None, "DEL", conf, cni_path=str(bindir)) == (0, None)
+    assert legacy.exists() and not (bindir / "stdin.DEL").exists(), "another network's entry was used"
+    assert invoke(None, "DEL", {**conf, "name": "cbr0"}, cni_path=str(bindir)) == (0, None)
+    assert not legacy.exists() and json.loads((bindir / "stdin.DEL").read_text())["name"] == "cbr0"
+    assert data.is_dir()
+
+
 def test_status_reports_whether_subnet_env_is_there(pod_env):
     node, _, conf, tmp = pod_env
     conf = {**conf, "cniVersion": "1.1.0"}
