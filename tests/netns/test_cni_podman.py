@@ -22,6 +22,8 @@ import pytest
 from flannel_ext._util.netns import create_netns, sh
 from netns.test_cni import CNI_PATH, FLAKY_BRIDGE
 
+LIBCNI_CACHE = "/var/lib/cni/results"
+
 
 
 def minimal_rootfs(root: Path, *programs: str) -> Path:
@@ -64,6 +66,7 @@ network_config_dir = "{self.netd}"
 """)
         self.rootfs = minimal_rootfs(tmp / "rootfs", "sleep")
         self.runroot = tempfile.mkdtemp(prefix="fxpod-", dir="/tmp")   # podman wants <= 50 characters
+        self.networks: list[str] = []
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         argv = ["nsenter", f"--net=/run/netns/{self.host}", "podman", "--root", str(self.tmp / "root"),
@@ -83,6 +86,7 @@ network_config_dir = "{self.netd}"
         conflist = {"cniVersion": "1.0.0", "name": name,
                     "plugins": [plugin, {"type": "portmap", "capabilities": {"portMappings": True}}]}
         (self.netd / f"{name}.conflist").write_text(json.dumps(conflist, indent=2))
+        self.networks.append(name)
         return {**plugin, "cniVersion": "1.0.0", "name": name}
 
     def run(self, name: str, *networks: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -105,6 +109,10 @@ def podman(netns_prefix, tmp_path):
     yield runtime
     runtime("rm", "-f", "-a", "-t", "0", check=False)
     shutil.rmtree(runtime.runroot, ignore_errors=True)
+    # libcni keeps its own result cache, outside podman's dirs, for an attachment whose DEL failed.
+    for name in runtime.networks:
+        for stale in Path(LIBCNI_CACHE).glob(f"{name}-*"):
+            stale.unlink()
 
 
 def cached(tmp: Path) -> set[tuple[str, ...]]:
