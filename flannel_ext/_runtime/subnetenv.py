@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from flannel_ext._config import paths
 from flannel_ext._util.files import write_atomic
 
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_SUBNET_FILE = paths.SUBNET_FILE
 
 
 def render(*, network, subnet, mtu: int, ip_masq: bool, ipv6_network=None, ipv6_subnet=None) -> str:
