@@ -225,7 +225,10 @@ def _operations(args, runtime: NodeRuntime) -> list:
         from flannel_ext._runtime import ipmasq
 
         def masq(rt):
-            ipmasq.setup_ip_masq(rt.config.network, rt.ctx.subnet,
+            v4, v6 = rt.config.enable_ipv4, rt.config.enable_ipv6
+            ipmasq.setup_ip_masq(rt.config.network if v4 else None, rt.ctx.subnet if v4 else None,
+                                 ipv6_network=rt.config.ipv6_network if v6 else None,
+                                 ipv6_subnet=rt.ctx.ipv6_subnet if v6 else None,
                                  fully_random=not args.ip_masq_fully_random_disable)
         runtime.on_ready.append(masq)
         undo.append(ipmasq.teardown_ip_masq)
