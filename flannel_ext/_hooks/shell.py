@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from flannel_ext._util.errors import BatchError, CommandError, HookTimeout
 from flannel_ext._config.netconf import NetConf
@@ -66,7 +66,7 @@ class ShellHook(Hook):
         self.tracer: Callable[[str, str, ProcessResult], None] | None = None
 
     @classmethod
-    def from_config(cls, config: NetConf, **kwargs) -> "ShellHook":
+    def from_config(cls, config: NetConf, **kwargs) -> ShellHook:
         commands = {method: config.backend_option(name) or "" for method, name in COMMAND_NAMES.items()}
         return cls(commands, dict(config.backend), **kwargs)
 
