@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 ENV_PREFIX = "FLANNELD_"
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
@@ -128,7 +128,7 @@ class CommandParser(argparse.ArgumentParser):
     def _double_dashed(self, argv: list[str]) -> list[str]:
         """Go's ``-flag``/``-flag=v`` (and ``--v``) become argparse's spelling of that flag."""
         known = {opt for action in self._actions for opt in action.option_strings}
-        out = []
+        out: list[str] = []
         for i, arg in enumerate(argv):
             if arg == "--":
                 return out + argv[i:]

@@ -17,7 +17,7 @@ from flannel_ext._util.errors import ConfigError, FlannelExtError
 from flannel_ext._config.netconf import load_netconf
 from flannel_ext._hooks.base import COMMAND_NAMES, HookContext
 from flannel_ext._hooks.loader import load_hook
-from flannel_ext._hooks.shell import lifecycle_env, pasteable, remote_env
+from flannel_ext._hooks.shell import ShellHook, lifecycle_env, pasteable, remote_env
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.iface import ExternalInterface, find_interface
 from flannel_ext._runtime.stats import NodeStats
@@ -98,7 +98,7 @@ def run_hook(args) -> int:
         stdin = "\n"
 
     env["FLANNEL_IFACE"] = ctx.iface or ""    # what the shell hook adds to every command
-    shell = getattr(hook, "runs_commands", False)
+    shell = hook if isinstance(hook, ShellHook) else None
     kind = "shell" if shell else f"python {type(hook).__module__}.{type(hook).__name__}"
     print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
     print("env:       (added to this shell's environment)")
@@ -106,11 +106,11 @@ def run_hook(args) -> int:
         print(f"  {key}={shlex.quote(value)}")
     print(f"stdin:     {stdin!r}")
     if shell:
-        if not hook.has(method):
+        if not shell.has(method):
             print("command:   (none configured)")
             return 0
         print("command:   (paste into a shell to run it by hand)")
-        print("  " + pasteable(hook.shell, hook.commands[method], env, stdin, ctx.state_dir))
+        print("  " + pasteable(shell.shell, shell.commands[method], env, stdin, str(ctx.state_dir)))
         if args.dry_run:
             print("dry run:   nothing was run")
             return 0

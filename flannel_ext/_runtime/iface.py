@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from flannel_ext._util.errors import ConfigError
 from flannel_ext._util.netns import ip_json

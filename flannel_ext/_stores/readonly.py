@@ -6,12 +6,14 @@ read through SQLite's read-only modes instead, and a missing file is an empty st
 """
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flannel_ext._config import paths
 from flannel_ext._util.errors import StoreError
@@ -55,7 +57,7 @@ class SqliteReader:
     def network_config(self) -> str | None:
         return None
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    def watch(self, revision: int, stop: threading.Event) -> Iterator[builtins.list[LeaseEvent]]:
         raise StoreError(f"sqlite store {self.path}: opened read-only, cannot watch")
 
     def close(self) -> None:
@@ -86,7 +88,7 @@ class ReadOnlyStore:
     def network_config(self) -> str | None:
         return self.store.network_config()
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    def watch(self, revision: int, stop: threading.Event) -> Iterator[builtins.list[LeaseEvent]]:
         return self.store.watch(revision, stop)
 
     def close(self) -> None:
