@@ -53,7 +53,7 @@ class HookDurations:
             for hook in sorted(self._counts):
                 cumulative = list(itertools.accumulate(self._counts[hook]))
                 bounds = [repr(b) for b in self.buckets] + ["+Inf"]
-                family.add_metric([hook], list(zip(bounds, cumulative)), self._sums[hook])
+                family.add_metric([hook], list(zip(bounds, cumulative, strict=True)), self._sums[hook])
         return family
 
 
