@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import socket
 import threading
 
 from flannel_ext import __version__
@@ -18,7 +16,8 @@ from flannel_ext._runtime.iface import check_ip, find_interface
 from flannel_ext._runtime.node import NodeOptions, NodeRuntime
 from flannel_ext._stores import open_store
 from flannel_ext._stores.readonly import open_read_only
-from flannel_ext._commands import flags, logs
+from flannel_ext._commands import flags, logs, store_args
+from flannel_ext._commands.store_args import store_options, store_url
 
 log = logging.getLogger("flannel_ext.run")
 
@@ -44,14 +43,10 @@ def register(subparsers) -> None:
     g.add_argument("--net-conf", "--net-config-path", dest="net_conf", default=None, metavar="FILE",
                    help="net-conf.json (default: the store's config for etcd, else "
                         f"{paths.NET_CONF})")
-    g.add_argument("--store", default=None, metavar="URL",
-                   help=f"lease store: sqlite:PATH, etcd://HOST:PORT[,…] or kube (default {paths.STORE_URL})")
     g.add_argument("--state-dir", default=paths.STATE_DIR, metavar="DIR",
                    help="hook working directory, programmed-state file and stats (default %(default)s)")
     g.add_argument("--subnet-file", default=paths.SUBNET_FILE, metavar="FILE",
                    help="where to write subnet.env (default %(default)s)")
-    g.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
-                   help="this node's name (default $NODE_NAME or the hostname)")
     g = p.add_argument_group("interface (tried in this order, as flanneld)")
     g.add_argument("--iface", action="append", default=[], metavar="NAME|IP",
                    help="external interface by name or address; repeat to give fallbacks in order")
@@ -83,20 +78,7 @@ def register(subparsers) -> None:
                    metavar="SECONDS", help="lease lifetime (flannel: 24 h; short values are for tests)")
     g.add_argument("--release-lease-on-exit", action=flags.GoBool,
                    help="release the lease on SIGTERM so other nodes run SubnetRemove (flannel keeps it)")
-    g = p.add_argument_group("etcd store (flanneld's flags)")
-    g.add_argument("--etcd-endpoints", default=None, metavar="URLS",
-                   help="comma list of http(s)://host:port")
-    g.add_argument("--etcd-prefix", default="/coreos.com/network", help="key prefix (default %(default)s)")
-    for name in ("keyfile", "certfile", "cafile", "username", "password"):
-        g.add_argument(f"--etcd-{name}", default=None, metavar=name.upper().replace("FILE", "_FILE"),
-                       help=f"etcd {'TLS ' if 'file' in name else ''}{name.replace('file', ' file')}")
-    g = p.add_argument_group("kubernetes store (flanneld's flags)")
-    g.add_argument("--kube-subnet-mgr", action=flags.GoBool, help="use the Kubernetes API for leases")
-    g.add_argument("--kubeconfig-file", default=None, metavar="FILE",
-                   help="kubeconfig (default: in-cluster, else ~/.kube/config)")
-    g.add_argument("--kube-api-url", default=None, metavar="URL", help="API server URL (overrides the kubeconfig's)")
-    g.add_argument("--kube-annotation-prefix", default="flannel.alpha.coreos.com", metavar="PREFIX",
-                   help="node annotation prefix (default %(default)s)")
+    g = store_args.add_store_arguments(p)      # returns the kubernetes group
     g.add_argument("--set-node-network-unavailable", action=flags.GoBool, default=True,
                    help="set the node's NetworkUnavailable condition to False when up (default true)")
     g = p.add_argument_group("operations")
@@ -120,33 +102,6 @@ def register(subparsers) -> None:
         g.add_argument(f"--{name}", action=flags.IgnoredFlag, reason=reason, boolean=boolean)
     flags.flanneld_style(p)
     p.set_defaults(func=run)
-
-
-def store_url(args) -> str:
-    if args.kube_subnet_mgr:
-        return "kube"
-    if args.store:
-        return args.store
-    if args.etcd_endpoints:
-        return "etcd://" + ",".join(e.split("://", 1)[-1] for e in args.etcd_endpoints.split(","))
-    return paths.STORE_URL
-
-
-def store_options(args) -> dict:
-    url = store_url(args)
-    if url.startswith("etcd"):
-        opts = {"prefix": args.etcd_prefix}
-        for name in ("keyfile", "certfile", "cafile", "username", "password"):
-            if getattr(args, f"etcd_{name}"):
-                opts[name] = getattr(args, f"etcd_{name}")
-        if args.etcd_endpoints and args.etcd_endpoints.startswith("https"):
-            opts["scheme"] = "https"
-        return opts
-    if url == "kube":
-        return {"kubeconfig": args.kubeconfig_file, "api_url": args.kube_api_url,
-                "annotation_prefix": args.kube_annotation_prefix, "node_name": args.node_name,
-                "set_node_network_unavailable": args.set_node_network_unavailable}
-    return {}
 
 
 def _check_subnets(args) -> bool:

@@ -26,8 +26,8 @@ from flannel_ext._stores.sqlite import _parse
 class SqliteReader:
     """The live rows of a SqliteStore's database, read without creating or changing a file."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, *, missing_ok: bool = True):
+        self.path, self.missing_ok = Path(path), missing_ok
 
     def _connect(self) -> sqlite3.Connection:
         # With a -wal file present a writer may be mid-flight: read through WAL (the
@@ -38,7 +38,9 @@ class SqliteReader:
 
     def list(self) -> Snapshot:
         if not self.path.exists():
-            return Snapshot([], 0, [])
+            if self.missing_ok:          # a store not created yet holds no leases
+                return Snapshot([], 0, [])
+            raise StoreError(f"sqlite store {self.path}: no such file; check the path given to --store")
         try:
             conn = self._connect()
             try:
@@ -95,11 +97,12 @@ class ReadOnlyStore:
         self.store.close()
 
 
-def open_read_only(url: str, **options: Any) -> ReadOnlyStore:
-    """`open_store(url)` for reading: nothing is created or written in any store."""
+def open_read_only(url: str, *, missing_ok: bool = True, **options: Any) -> ReadOnlyStore:
+    """`open_store(url)` for reading: nothing is created or written in any store. A
+    missing SQLite file is an empty store, or with `missing_ok=False` a StoreError."""
     value = (url or "").strip()
     if value.startswith("sqlite:"):
         rest = value.split(":", 1)[1]
         rest = rest[2:] if rest.startswith("//") else rest
-        return ReadOnlyStore(SqliteReader(rest or paths.STORE_PATH), value)
+        return ReadOnlyStore(SqliteReader(rest or paths.STORE_PATH, missing_ok=missing_ok), value)
     return ReadOnlyStore(open_store(value, **options), value)
