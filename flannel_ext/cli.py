@@ -22,7 +22,7 @@ _SUBCOMMANDS = [
     "flannel_ext._commands.lint",
     "flannel_ext._commands.manifest",
     "flannel_ext._commands.leases",
-    # "flannel_ext._commands.doctor",
+    "flannel_ext._commands.doctor",
 ]
 
 
