@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         "run", help="run the node daemon",
         description="Lease a subnet, run the lifecycle hooks from net-conf.json, write subnet.env "
                     "and keep every other node's subnet programmed.")
-    g = p.add_argument_group("configuration")
+    g = config_group = p.add_argument_group("configuration")
     g.add_argument("--net-conf", "--net-config-path", dest="net_conf", default=None, metavar="FILE",
                    help="net-conf.json (default: the store's config for etcd, else "
                         f"{paths.NET_CONF})")
@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                    metavar="SECONDS", help="lease lifetime (flannel: 24 h; short values are for tests)")
     g.add_argument("--release-lease-on-exit", action=flags.GoBool,
                    help="release the lease on SIGTERM so other nodes run SubnetRemove (flannel keeps it)")
-    g = store_args.add_store_arguments(p)      # returns the kubernetes group
+    g = store_args.add_store_arguments(p, main=config_group)      # returns the kubernetes group
     g.add_argument("--set-node-network-unavailable", action=flags.GoBool, default=True,
                    help="set the node's NetworkUnavailable condition to False when up (default true)")
     g = p.add_argument_group("operations")

@@ -14,11 +14,13 @@ ETCD_FILES = ("keyfile", "certfile", "cafile")
 ETCD_OPTIONS = (*ETCD_FILES, "username", "password")
 
 
-def add_store_arguments(p: argparse.ArgumentParser) -> Any:
-    """Add the flags; returns the kubernetes group (run adds its own kube flag to it)."""
-    p.add_argument("--store", default=None, metavar="URL",
+def add_store_arguments(p: argparse.ArgumentParser, main: Any = None) -> Any:
+    """Add the flags (--store and --node-name to the group `main` if given); returns the
+    kubernetes group (run adds its own kube flag to it)."""
+    main = main or p
+    main.add_argument("--store", default=None, metavar="URL",
                    help=f"lease store: sqlite:PATH, etcd://HOST:PORT[,…] or kube (default {paths.STORE_URL})")
-    p.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+    main.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
                    help="this node's name (default $NODE_NAME or the hostname)")
     g = p.add_argument_group("etcd store (flanneld's flags)")
     g.add_argument("--etcd-endpoints", default=None, metavar="URLS",
