@@ -1,4 +1,4 @@
-"""`flannel-ext-cni`: a flannel-compatible CNI plugin (flannel-compat.md §5).
+"""`flannel-ext-cni`: a flannel-compatible CNI plugin (Documentation/flanneld.md).
 
 Like flannel's own plugin it is a meta-plugin: it reads the node's ``subnet.env``, builds
 a delegate config (by default `bridge` + `host-local`), saves it under ``dataDir`` so DEL

@@ -1,6 +1,6 @@
 """`flannel-ext manifest`: render a kube-flannel.yml-shaped manifest for one net-conf.json.
 
-The objects mirror flannel's `Documentation/kube-flannel.yml` (compat §8), with the
+The objects mirror flannel's `Documentation/kube-flannel.yml` (Documentation/flanneld.md), with the
 flannel-ext daemon in the main container and a POSIX sh port of flannel's CNI plugin
 (``--cni-plugin`` prints it; the image bakes it in) installed by the init container.
 A Python hook given as a file (``"Hook": "my_hook.py:MyHook"``) is shipped inside the
@@ -61,7 +61,7 @@ def cni_plugin_script(*, subnet_file: str = SUBNET_FILE, data_dir: str = CNI_DAT
 
 def _validate(path: str, text: str) -> dict:
     """Parse (and, when the config module offers it, validate) the net-conf."""
-    # Kube mode never checks SubnetLen/Min/Max (compat §4), so neither do we.
+    # Kube mode never checks SubnetLen/Min/Max (Documentation/flanneld.md), so neither do we.
     load_netconf(path, check_subnets=False)
     try:
         data = json.loads(text)

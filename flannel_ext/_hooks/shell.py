@@ -21,7 +21,7 @@ OUTPUT_LIMIT = 4096  # bytes of output kept for logs and traces
 
 
 def lifecycle_env(ctx: HookContext) -> dict[str, str]:
-    """PostStartup's variables: flannel's set (§2.2); unset IPv6 values are empty, not '<nil>'."""
+    """PostStartup's variables: flannel's set (Documentation/flanneld.md); unset IPv6 values are empty, not '<nil>'."""
     return {
         "NETWORK": str(ctx.network) if ctx.network else "",
         "SUBNET": str(ctx.subnet) if ctx.subnet else "",

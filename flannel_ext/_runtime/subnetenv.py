@@ -1,4 +1,4 @@
-"""subnet.env: written atomically with flannel's exact lines (§5), and read back at start."""
+"""subnet.env: written atomically with flannel's exact lines (Documentation/flanneld.md), and read back at start."""
 from __future__ import annotations
 
 import ipaddress
@@ -44,7 +44,7 @@ def read(path: str) -> dict[str, str]:
 
 
 def previous_subnets(path: str):
-    """The (IPv4, IPv6) subnets a previous run recorded, as flannel's second choice (§3)."""
+    """The (IPv4, IPv6) subnets a previous run recorded, as flannel's second choice (Documentation/flanneld.md)."""
     values = read(path)
 
     def net(key, cls):
