@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from etcd_server import etcd_server  # noqa: E402,F401  (the fixture)
+from kube_fake import kube_api  # noqa: E402,F401  (the fixture)
 
 from flannel_ext._stores.lease import LeaseAttrs  # noqa: E402
 from flannel_ext._stores.sqlite import SqliteStore  # noqa: E402
@@ -99,3 +100,19 @@ def test_unreachable_etcd_is_one_line(tmp_path):
     out = leases("--store", "etcd://127.0.0.1:9")
     assert out.returncode == 4 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in out.stderr
+
+
+def test_kube_store_with_flanneld_flags(kube_api):
+    """`--kube-subnet-mgr` lists every flannel-annotated node (a bad one as rejected)."""
+    p = "flannel.alpha.coreos.com/"
+    for name, cidr, ip in (("n1", "10.244.1.0/24", "192.168.1.10"), ("n2", "10.244.2.0/24", "nope")):
+        kube_api.add_node(name, cidr, {p + "backend-data": '"aa:bb:cc:dd:ee:01"', p + "backend-type": "extension",
+                                       p + "kube-subnet-manager": "true", p + "public-ip": ip})
+    kube_api.add_node("plain", "10.244.3.0/24")
+    out = leases("-kube-subnet-mgr", "--kubeconfig-file", str(kube_api.kubeconfig_path), "--node-name", "n1",
+                 "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [(x["subnet"], x["public_ip"], x["backend_data"], x["expiration"]) for x in doc["leases"]] == \
+        [("10.244.1.0/24", "192.168.1.10", "aa:bb:cc:dd:ee:01", None)]
+    assert [r["key"] for r in doc["rejected"]] == ["n2"]
