@@ -67,7 +67,7 @@ class _Session(requests.Session):
     CURL_CA_BUNDLE: requests lets those override a session's verify, which would check
     etcd's certificate against the system bundle instead of the given CA."""
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if isinstance(self.verify, str) and verify is None:
             settings["verify"] = self.verify
