@@ -32,7 +32,7 @@ def add_store_arguments(p: argparse.ArgumentParser, main: Any = None) -> Any:
     g = p.add_argument_group("kubernetes store (flanneld's flags)")
     g.add_argument("--kube-subnet-mgr", action=flags.GoBool, help="use the Kubernetes API for leases")
     g.add_argument("--kubeconfig-file", default=None, metavar="FILE",
-                   help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+                   help="kubeconfig (default: the in-cluster service account, or --kube-api-url alone)")
     g.add_argument("--kube-api-url", default=None, metavar="URL", help="API server URL (overrides the kubeconfig's)")
     g.add_argument("--kube-annotation-prefix", default="flannel.alpha.coreos.com", metavar="PREFIX",
                    help="node annotation prefix (default %(default)s)")
