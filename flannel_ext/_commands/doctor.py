@@ -20,7 +20,6 @@ from flannel_ext._commands import flags, store_args
 from flannel_ext._config import paths
 from flannel_ext._config.netconf import load_netconf
 from flannel_ext._runtime import subnetenv
-from flannel_ext._stores.readonly import open_read_only
 from flannel_ext._util.errors import FlannelExtError
 
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
@@ -209,6 +208,8 @@ def check_neighbours(leases: int | None, subnet_hosts: int, gc_thresh3: int | No
 
 
 def check_store(args: argparse.Namespace) -> tuple[Check, int | None]:
+    from flannel_ext._stores.readonly import open_read_only   # the stores load only when used
+
     url = store_args.store_url(args)
     try:
         store = open_read_only(url, missing_ok=False, **store_args.store_options(args))

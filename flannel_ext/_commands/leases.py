@@ -14,7 +14,6 @@ from typing import Any
 from flannel_ext._commands import flags, store_args
 from flannel_ext._stores.base import Snapshot
 from flannel_ext._stores.lease import Lease
-from flannel_ext._stores.readonly import open_read_only
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +26,8 @@ def register(subparsers: Any) -> None:
 
 
 def read_leases(args: argparse.Namespace) -> Snapshot:
+    from flannel_ext._stores.readonly import open_read_only   # the stores load only when used
+
     url, options = store_args.store_url(args), store_args.store_options(args)
     if url.startswith("etcd"):
         options["resolve_ttl"] = True     # one extra call per etcd lease, for EXPIRES IN

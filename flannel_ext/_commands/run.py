@@ -15,7 +15,6 @@ from flannel_ext._runtime.dispatch import Backoff
 from flannel_ext._runtime.iface import check_ip, find_interface
 from flannel_ext._runtime.node import NodeOptions, NodeRuntime
 from flannel_ext._stores import open_store
-from flannel_ext._stores.readonly import open_read_only
 from flannel_ext._commands import flags, logs, store_args
 from flannel_ext._commands.store_args import store_options, store_url
 
@@ -136,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     # A --net-conf file is read before any store is touched, so a bad file fails fast.
     config = load_config(args) if args.net_conf else None
     # A dry run reads the store and writes nothing: not even a new SQLite file.
+    from flannel_ext._stores.readonly import open_read_only
     opener = open_read_only if args.dry_run else open_store
     store = opener(store_url(args), **store_options(args))
     try:
