@@ -45,7 +45,8 @@ class Check:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("doctor", help="check this machine for a node (tools, kernel, files, store)",
-                              description=__doc__.splitlines()[0].split(": ", 1)[1])
+                              description="Check this machine for a node: one ok/warn/fail line per check, with "
+                                          "what to do; exit 1 if a check failed. Nothing is changed.")
     p.add_argument("--net-conf", "--net-config-path", dest="net_conf", default=None, metavar="FILE",
                    help="net-conf.json to check the PodCIDR against (default: subnet.env's FLANNEL_NETWORK)")
     p.add_argument("--subnet-file", default=paths.SUBNET_FILE, metavar="FILE",

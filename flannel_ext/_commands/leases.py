@@ -18,7 +18,9 @@ from flannel_ext._stores.lease import Lease
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("leases", help="list the leases in a store",
-                              description=__doc__.splitlines()[0].split(": ", 1)[1])
+                              description="List the leases in a store, as every node sees them: subnets, public "
+                                          "IPs, backend type and data, expiry; unparsable entries as rejected. "
+                                          "The store is only read.")
     store_args.add_store_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     flags.flanneld_style(p)      # the store flags as a flanneld command line or unit has them
