@@ -67,11 +67,15 @@ def check_tools() -> Iterator[Check]:
                Check("fail", tool, "not on PATH", f"install the {package} package"))
 
 
+def find_plugin(cni_path: str, plugin: str) -> str | None:
+    """The executable `plugin` in the first CNI_PATH directory that has it."""
+    return next((os.path.join(d, plugin) for d in cni_path.split(":")
+                 if d and os.access(os.path.join(d, plugin), os.X_OK)), None)
+
+
 def check_cni_plugins(cni_path: str) -> Iterator[Check]:
-    dirs = [d for d in cni_path.split(":") if d]
     for plugin in CNI_PLUGINS:
-        found = next((os.path.join(d, plugin) for d in dirs
-                      if os.access(os.path.join(d, plugin), os.X_OK)), None)
+        found = find_plugin(cni_path, plugin)
         yield (Check("ok", f"CNI plugin {plugin}", found) if found else
                Check("fail", f"CNI plugin {plugin}", f"not in {cni_path}",
                      "install containernetworking-plugins, or point --cni-path/$CNI_PATH at them"))
@@ -131,8 +135,9 @@ def _conflist_types(path: Path) -> list[str]:
     return [str(p.get("type")) for p in plugins if isinstance(p, dict)]
 
 
-def check_conflist(conf_dir: str) -> Check:
-    """The runtime uses the first config file in lexical order: ours should be it."""
+def check_conflist(conf_dir: str, cni_path: str) -> Check:
+    """The runtime uses the first config file in lexical order: ours should be it, and
+    every plugin it chains must be in CNI_PATH."""
     files = sorted(p for p in Path(conf_dir).glob("*") if p.suffix in (".conf", ".conflist", ".json"))
     if not files:
         return Check("warn", "CNI config", f"none in {conf_dir}",
@@ -151,6 +156,10 @@ def check_conflist(conf_dir: str) -> Check:
         hint = f"{', '.join(ours)} comes later" if ours else "nor does any other conflist there"
         return Check("warn", "CNI config", f"{first} (used first) has no flannel plugin ({hint})",
                      "rename ours to sort first, e.g. 10-flannel.conflist")
+    missing = [t for t in types if not find_plugin(cni_path, t)]
+    if missing:
+        return Check("fail", "CNI config", f"{first} chains {', '.join(missing)}, not in {cni_path}",
+                     "install the plugin there (the manifest's init container copies flannel-ext-cni)")
     return Check("ok", "CNI config", f"{first}: plugins {', '.join(types)}")
 
 
@@ -247,7 +256,7 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
     checks = [*check_tools(), *check_cni_plugins(args.cni_path), check_vxlan_module(),
               *check_capabilities(Path("/proc/self/status").read_text())]
     env_check, values = check_subnet_env(args.subnet_file)
-    checks += [env_check, check_conflist(args.cni_conf_dir), *check_pod_cidr(values, args.net_conf)]
+    checks += [env_check, check_conflist(args.cni_conf_dir, args.cni_path), *check_pod_cidr(values, args.net_conf)]
     store_check, leases = check_store(args)
     checks += [store_check, check_neighbours(leases, _local_pods(values), _read_int(GC_THRESH3))]
     return checks

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,14 @@ def node(tmp_path):
     for i in range(1, 4):
         store.put_raw(f"10.244.{i}.0-24", LeaseAttrs.with_string_data(f"192.168.1.{i}", None).to_json())
     store.close()
+    (tmp_path / "bin").mkdir()     # where the init container puts our plugin
+    (tmp_path / "bin" / "flannel-ext-cni").symlink_to(shutil.which("flannel-ext-cni"))
     return tmp_path
 
 
 def args_for(node: Path, *extra: str) -> list[str]:
     return ["--subnet-file", str(node / "subnet.env"), "--cni-conf-dir", str(node / "net.d"),
-            "--cni-path", f"/nonexistent:{CNI_BIN}", "--net-conf", str(node / "net-conf.json"),
+            "--cni-path", f"/nonexistent:{node / 'bin'}:{CNI_BIN}", "--net-conf", str(node / "net-conf.json"),
             "--store", f"sqlite:{node / 'leases.db'}", *extra]
 
 
@@ -135,3 +138,11 @@ def test_neighbour_limit_against_the_lease_count():
     crowded = check_neighbours(1000, 254, 1024)
     assert crowded.status == "warn" and "at least 2508" in crowded.line()
     assert check_neighbours(None, 254, 1024).status == "warn"
+
+
+def test_a_conflist_plugin_missing_from_the_cni_path_fails(node):
+    (node / "bin" / "flannel-ext-cni").unlink()
+    rc, checks, _ = doctor(*args_for(node))
+    assert rc == 1
+    assert checks["CNI config"].startswith(f"fail  CNI config: {node}/net.d/10-flannel.conflist chains "
+                                           "flannel-ext-cni, not in /nonexistent:")
