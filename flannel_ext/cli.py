@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from flannel_ext import __version__
+from flannel_ext._commands import flags
 from flannel_ext._util.errors import FlannelExtError
 
 _SUBCOMMANDS = [
@@ -20,6 +21,8 @@ _SUBCOMMANDS = [
     "flannel_ext._commands.lab",
     "flannel_ext._commands.lint",
     "flannel_ext._commands.manifest",
+    "flannel_ext._commands.leases",
+    "flannel_ext._commands.doctor",
 ]
 
 
@@ -28,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flannel-ext",
         description="Prototype container-network dataplanes on flannel's extension contract.")
     parser.add_argument("--version", action="version", version=f"flannel-ext {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # CommandParser: a subcommand reports its own errors with its own usage.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=flags.CommandParser)
     for name in _SUBCOMMANDS:
         importlib.import_module(name).register(sub)
     return parser

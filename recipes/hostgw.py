@@ -1,6 +1,6 @@
 """host-gw as a Python hook: a route to each remote subnet via that node's public IP.
 
-Mirrors flannel's native host-gw (compat §7): ``route replace <subnet> via <public ip>
+Mirrors flannel's native host-gw (Documentation/flanneld.md): ``route replace <subnet> via <public ip>
 dev <iface>``; removal deletes it. All nodes must share an L2 segment, so a public IP
 that is not on-link through the external interface is refused (PermanentError) rather
 than left for the kernel to reject with a vaguer "invalid gateway".

@@ -1,4 +1,4 @@
-"""vxlan as a Python hook, leaving the kernel as flannel's native vxlan backend does (compat §7).
+"""vxlan as a Python hook, leaving the kernel as flannel's native vxlan backend does (Documentation/flanneld.md).
 
 * pre_startup: device ``flannel.<VNI>`` (id VNI, dev = external interface, local = public
   IP, learning off, dstport = Port or the kernel's 8472, MTU = base MTU − 50). A matching

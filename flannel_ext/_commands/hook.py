@@ -1,7 +1,8 @@
 """`flannel-ext hook NAME`: run one hook by hand, exactly as the runtime would.
 
-Prints the environment, stdin, output, exit code and duration. `--dry-run` prints what
-would run and touches nothing (Python hooks list the requests they would send).
+Prints the environment, stdin, a shell-quoted command line that can be pasted to run
+the hook by hand, then the output, exit code and duration. `--dry-run` prints what would
+run and runs nothing (Python hooks list the requests they would send).
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import sys
 
 from flannel_ext._util.errors import ConfigError, FlannelExtError
 from flannel_ext._config.netconf import load_netconf
 from flannel_ext._hooks.base import COMMAND_NAMES, HookContext
 from flannel_ext._hooks.loader import load_hook
-from flannel_ext._hooks.shell import lifecycle_env, remote_env
+from flannel_ext._hooks.shell import ShellHook, lifecycle_env, pasteable, remote_env
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.iface import ExternalInterface, find_interface
 from flannel_ext._runtime.stats import NodeStats
@@ -95,17 +97,32 @@ def run_hook(args) -> int:
         env = lifecycle_env(ctx) if method in ("post_startup", "shutdown") else {}
         stdin = "\n"
 
-    calls = []
+    env["FLANNEL_IFACE"] = ctx.iface or ""    # what the shell hook adds to every command
+    shell = hook if isinstance(hook, ShellHook) else None
+    kind = "shell" if shell else f"python {type(hook).__module__}.{type(hook).__name__}"
+    print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
+    print("env:       (added to this shell's environment)")
+    for key, value in env.items():
+        print(f"  {key}={shlex.quote(value)}")
+    print(f"stdin:     {stdin!r}")
+    if shell:
+        if not shell.has(method):
+            print("command:   (none configured)")
+            return 0
+        print("command:   (paste into a shell to run it by hand)")
+        print("  " + pasteable(shell.shell, shell.commands[method], env, stdin, str(ctx.state_dir)))
+        if args.dry_run:
+            print("dry run:   nothing was run")
+            return 0
+    return _call(hook, ctx, method, remote, args)
+
+
+def _call(hook, ctx: HookContext, method: str, remote, args) -> int:
+    """Run the hook through the runtime's caller and print what happened."""
+    calls: list = []
     stats = NodeStats()
     stats.add_monitor(calls.append)
     caller = HookCaller(hook, ctx, stats, timeout=args.timeout)
-    kind = "shell" if getattr(hook, "runs_commands", False) else f"python {type(hook).__module__}.{type(hook).__name__}"
-    print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
-    if getattr(hook, "runs_commands", False):
-        print(f"command:   sh -c {hook.commands.get(method, '')!r}" if hook.has(method) else
-              "command:   (none configured)")
-    print("env:       " + " ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"stdin:     {stdin!r}")
     error = None
     result = None
     try:
@@ -116,18 +133,21 @@ def run_hook(args) -> int:
             result = caller.lifecycle(method)
     except FlannelExtError as exc:
         error = exc
-    for call in calls:
-        rc = "-" if call.returncode is None else call.returncode
-        print(f"exit code: {rc}{'' if call.ok else '  (failed)'}")
-        print(f"duration:  {call.duration:.3f}s")
-        if call.output:
-            print("output:\n  " + call.output.replace("\n", "\n  "))
+    if not args.dry_run:     # a dry run ran nothing: no exit code, no duration
+        for call in calls:
+            rc = "-" if call.returncode is None else call.returncode
+            print(f"exit code: {rc}{'' if call.ok else '  (failed)'}")
+            print(f"duration:  {call.duration:.3f}s")
+            if call.output:
+                print("output:\n  " + call.output.replace("\n", "\n  "))
     if result is not None:
         print(f"returned:  {result!r}")
     if ctx.recorded:
         print("would send:")
         for item in ctx.recorded:
             print("  " + (json.dumps(item, default=str) if not isinstance(item, str) else item))
+    if args.dry_run:
+        print("dry run:   nothing was changed")
     if error is not None:
         print(f"error:     {error}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ remote value can ever become shell code.
 from __future__ import annotations
 
 import os
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 
@@ -34,7 +35,7 @@ COMMAND_VARS = {
 
 
 def lifecycle_env(ctx: HookContext) -> dict[str, str]:
-    """PostStartup's variables: flannel's set (§2.2); unset IPv6 values are empty, not '<nil>'."""
+    """PostStartup's variables: flannel's set (Documentation/flanneld.md); unset IPv6 values are empty, not '<nil>'."""
     return dict(zip(LIFECYCLE_VARS, (
         str(ctx.network) if ctx.network else "",
         str(ctx.subnet) if ctx.subnet else "",
@@ -52,6 +53,15 @@ def remote_env(lease: RemoteLease) -> dict[str, str]:
         str(lease.ipv6_subnet) if lease.ipv6_subnet else "",
         lease.public_ipv6 or "",
     ), strict=True))
+
+
+def pasteable(shell: str, command: str, env: dict[str, str], stdin: str, cwd: str) -> str:
+    """One line that runs `command` by hand as the runtime would: in `cwd`, with `env`
+    added to the caller's environment and `stdin` on standard input (shell-quoted)."""
+    data = stdin[:-1] if stdin.endswith("\n") else stdin
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (f"(cd {shlex.quote(cwd)} && printf '%s\\n' {shlex.quote(data)} | "
+            f"env {assigns} {shlex.quote(shell)} -c {shlex.quote(command)})")
 
 
 class ShellHook(Hook):
@@ -86,8 +96,9 @@ class ShellHook(Hook):
         env[IFACE_VAR] = ctx.iface or ""
         argv = [self.shell, "-c", command]
         if ctx.dry_run:
-            shown = " ".join(f"{k}={v}" for k, v in sorted(extra_env.items()))
-            result = ProcessResult(argv, 0, "", f"(dry run) {shown} sh -c {command!r} <<< {stdin!r}", 0.0)
+            shown = pasteable(self.shell, command, {**extra_env, "FLANNEL_IFACE": env["FLANNEL_IFACE"]},
+                              stdin, str(ctx.state_dir))
+            result = ProcessResult(argv, 0, "", f"(dry run) {shown}", 0.0)
             if self.tracer:
                 self.tracer(name, subnet, result)
             return result

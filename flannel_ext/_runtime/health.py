@@ -1,37 +1,79 @@
 """`--healthz-port`: flannel's /healthz and /readyz, plus Prometheus /metrics.
 
-Semantics follow flanneld (compat §6 step 4): /healthz is 200 ``flanneld is running`` as
+Semantics follow flanneld (see Documentation/migrating-from-flannel.md): /healthz is 200 ``flanneld is running`` as
 long as the process serves HTTP; /readyz is 200 ``flanneld is ready`` once subnet.env is
 written (``NodeStats.ready``) and 503 before. /metrics is rendered at scrape time from
 the same `NodeStats`, through a private registry, so several servers (tests, the lab's
-nodes in one process) never collide in prometheus_client's global registry.
+nodes in one process) never collide in prometheus_client's global registry. The hook
+duration histogram counts the calls made while the server runs (`run` starts it before
+the first hook).
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import platform
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from flannel_ext import __version__
 from flannel_ext._util.errors import ConfigError
-from flannel_ext._runtime.stats import NodeStats
+from flannel_ext._runtime.stats import HookCall, NodeStats
+
+
+# Hook durations span a millisecond (an `ip route` in a batch) to the 30 s default timeout.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class HookDurations:
+    """A histogram of hook call durations by hook, fed by a `NodeStats` monitor (so the
+    runtime layer needs no metrics library)."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS):
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}     # hook -> calls per bucket (not cumulative)
+        self._sums: dict[str, float] = {}
+
+    def observe(self, call: HookCall) -> None:
+        index = bisect.bisect_left(self.buckets, call.duration)   # le: a value on a bound counts there
+        with self._lock:
+            counts = self._counts.setdefault(call.hook, [0] * (len(self.buckets) + 1))
+            counts[index] += 1
+            self._sums[call.hook] = self._sums.get(call.hook, 0.0) + call.duration
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily("flannel_ext_hook_duration_seconds",
+                                       "Hook call durations in seconds, by hook.", labels=["hook"])
+        with self._lock:
+            for hook in sorted(self._counts):
+                cumulative = list(itertools.accumulate(self._counts[hook]))
+                bounds = [repr(b) for b in self.buckets] + ["+Inf"]
+                family.add_metric([hook], list(zip(bounds, cumulative, strict=True)), self._sums[hook])
+        return family
 
 
 class StatsCollector:
     """A prometheus_client collector that reads a `NodeStats` on every scrape."""
 
-    def __init__(self, stats: NodeStats):
+    def __init__(self, stats: NodeStats, durations: HookDurations | None = None):
         self.stats = stats
+        self.durations = durations or HookDurations()
 
     def collect(self):
+        info = GaugeMetricFamily("flannel_ext_build_info", "flannel-ext's version (the value is always 1).",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        yield self.durations.family()
         snap = self.stats.snapshot()    # one consistent copy under the stats lock
         families = [
             ("flannel_ext_hook_calls", "Hook calls, by flannel hook name.", "hook_calls"),
             ("flannel_ext_hook_failures", "Hook calls that failed, by hook.", "hook_failures"),
-            ("flannel_ext_hook_duration_seconds", "Total seconds spent in hook calls, by hook.",
-             "hook_seconds"),
         ]
         for name, doc, key in families:
             family = CounterMetricFamily(name, doc, labels=["hook"])
@@ -90,8 +132,10 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address, stats: NodeStats):
         self.stats = stats
+        self.durations = HookDurations()
+        self.stop_observing = stats.add_monitor(self.durations.observe)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatsCollector(stats))
+        self.registry.register(StatsCollector(stats, self.durations))
         if ":" in address[0]:        # --healthz-ip may be an IPv6 address
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -129,7 +173,9 @@ class HealthServer:
             return
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop_observing()
+        if self._thread:
+            self._thread.join(timeout=5)
         self._server = self._thread = None
 
     def __enter__(self) -> HealthServer:

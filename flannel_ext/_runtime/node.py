@@ -18,6 +18,7 @@ from collections.abc import Callable
 from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
 from flannel_ext._util.files import write_atomic
 from flannel_ext._config.netconf import NetConf
+from flannel_ext._config import paths
 from flannel_ext._hooks.base import Hook, HookContext
 from flannel_ext._stores.base import AcquireRequest, LeaseStore
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
@@ -40,7 +41,7 @@ class StartupFailed(FlannelExtError):
 @dataclass
 class NodeOptions:
     subnet_file: str = subnetenv.DEFAULT_SUBNET_FILE
-    state_dir: str = "/var/lib/flannel-ext"
+    state_dir: str = paths.STATE_DIR
     node_name: str = ""
     hook_timeout: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -66,7 +67,8 @@ class NodeRuntime:
         self._renew_retry_at = 0.0
         self._events: queue.Queue = queue.Queue()
         self._stats_written = ""
-        os.makedirs(options.state_dir, exist_ok=True)
+        if not options.dry_run:
+            os.makedirs(options.state_dir, exist_ok=True)
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
             log=logging.getLogger("flannel_ext.hook"), state_dir=options.state_dir,

@@ -1,4 +1,4 @@
-"""subnet.env: written atomically with flannel's exact lines (§5), and the one parser of it.
+"""subnet.env: written atomically with flannel's exact lines (Documentation/flanneld.md), and the one parser of it.
 
 The daemon reads it back at start (its previous subnet), the CNI plugin builds each pod's
 delegate config from it, and the lab waits for it: all three go through `parse`/`load`.
@@ -9,10 +9,11 @@ import errno
 import ipaddress
 from dataclasses import dataclass
 
+from flannel_ext._config import paths
 from flannel_ext._util.errors import FlannelExtError
 from flannel_ext._util.files import write_atomic
 
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_SUBNET_FILE = paths.SUBNET_FILE
 #: The keys flannel's CNI plugin needs: one of each pair, plus MTU and IPMASQ.
 NETWORK_KEYS = ("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK")
 SUBNET_KEYS = ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET")
@@ -126,7 +127,7 @@ def _network(path: str, key: str, value: str) -> IPNetwork:
 
 
 def previous_subnets(path: str):
-    """The (IPv4, IPv6) subnets a previous run recorded, as flannel's second choice (§3)."""
+    """The (IPv4, IPv6) subnets a previous run recorded, as flannel's second choice (Documentation/flanneld.md)."""
     values = read(path)
 
     def net(key, cls):

@@ -62,13 +62,25 @@ def parse_endpoints(url: str, *, tls: bool = False) -> list[tuple[str, str, int]
     return endpoints
 
 
+class _Session(requests.Session):
+    """A session whose `verify` (the --etcd-cafile) survives REQUESTS_CA_BUNDLE and
+    CURL_CA_BUNDLE: requests lets those override a session's verify, which would check
+    etcd's certificate against the system bundle instead of the given CA."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str) and verify is None:
+            settings["verify"] = self.verify
+        return settings
+
+
 class Gateway:
     """The etcd cluster as JSON-over-HTTP: sticks to one endpoint, fails over on errors."""
 
     def __init__(self, endpoints: list[tuple[str, str, int]], *, cafile: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 5.0):
-        self.session = requests.Session()
+        self.session = _Session()
         if cafile:
             self.session.verify = cafile
         if certfile:

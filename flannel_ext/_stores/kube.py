@@ -1,4 +1,4 @@
-"""The Kubernetes lease store: flannel's kube subnet manager (compat §4), on the official client.
+"""The Kubernetes lease store: flannel's kube subnet manager (Documentation/flanneld.md), on the official client.
 
 A node's lease is its PodCIDR (assigned by kube-controller-manager, never chosen here);
 its attributes live in the node's `<prefix>*` annotations. acquire() writes them with a
@@ -123,7 +123,7 @@ class KubeStore:
     def from_options(cls, kubeconfig: str | None = None, api_url: str | None = None,
                      annotation_prefix: str = DEFAULT_PREFIX, node_name: str | None = None,
                      env: Mapping[str, str] | None = None, **options) -> KubeStore:
-        """Connect as flanneld does (compat §4, §6); `options` go to the constructor."""
+        """Connect as flanneld does (Documentation/flanneld.md); `options` go to the constructor."""
         AnnotationNames.from_prefix(annotation_prefix)   # a bad flag fails before any I/O
         api = api_client(kubeconfig, api_url)
         try:

@@ -22,13 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
+from flannel_ext._config import paths
 from flannel_ext._util import inotify
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
-DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
+DEFAULT_PATH = paths.STORE_PATH
 HISTORY = 10000
 HEARTBEAT = 1.0   # a watch yields at least this often, so the caller can check `stop`
 SETTLE = 0.02     # re-check this soon after a wakeup that showed no commit yet

@@ -79,3 +79,51 @@ def test_run_dry_run_touches_nothing(underlay, netns_prefix, tmp_path):
     store = SqliteStore(str(db))
     assert store.list().revision == revision, "a dry run writes nothing to the store"
     store.close()
+    assert not (tmp_path / "state").exists(), "a dry run creates no state dir"
+
+
+def test_run_dry_run_creates_no_store(underlay, netns_prefix, tmp_path):
+    ns = f"{netns_prefix}n0"
+    underlay.add_node(ns, 0)
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "flannel_ext", "run",
+                          "-dry-run", "-net-config-path", str(HOSTGW_CONFS[1]),
+                          "--store", f"sqlite:{tmp_path}/db/leases.db", "-iface=eth0",
+                          "--subnet-file", str(tmp_path / "subnet.env"), "--state-dir", str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "(dry run) would acquire" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a dry run writes no file at all"
+
+
+ODD = "it's $HOME; `x` \"q\" \\n"
+
+
+def test_hook_dry_run_prints_a_command_that_can_be_pasted(underlay, netns_prefix, tmp_path):
+    """The printed line, pasted into sh, runs the hook exactly as the runtime would:
+    same variables (FLANNEL_IFACE too), same stdin, same working directory."""
+    ns = f"{netns_prefix}n0"
+    underlay.add_node(ns, 0)
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(json.dumps({"Network": "10.50.0.0/16", "Backend": {
+        "Type": "extension",
+        "SubnetAddCommand": "printf '%s|%s|%s|%s|' \"$SUBNET\" \"$PUBLIC_IP\" \"$FLANNEL_IFACE\" \"$(cat)\" "
+                            "> out.txt; pwd >> out.txt"}}))
+    state = tmp_path / "state dir"
+    state.mkdir()
+    args = ["SubnetAdd", "--net-conf", str(conf), "--subnet", "10.50.3.0/24", "--public-ip", "192.168.77.9",
+            "--backend-data", ODD, "--iface", "eth0", "--state-dir", str(state)]
+    dry = hook(ns, *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not (state / "out.txt").exists()
+    assert "exit code" not in dry.stdout and "duration" not in dry.stdout
+    assert "  FLANNEL_IFACE=eth0" in dry.stdout.splitlines()
+    lines = dry.stdout.splitlines()
+    pasted = lines[lines.index("command:   (paste into a shell to run it by hand)") + 1].strip()
+    subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", pasted], check=True, timeout=30)
+    by_hand = (state / "out.txt").read_text()
+    assert by_hand == f"10.50.3.0/24|192.168.77.9|eth0|{ODD}|{state}\n"
+
+    (state / "out.txt").unlink()
+    real = hook(ns, *args)
+    assert real.returncode == 0 and "exit code: 0" in real.stdout, real.stdout + real.stderr
+    assert (state / "out.txt").read_text() == by_hand, "the runtime and the pasted line agree"

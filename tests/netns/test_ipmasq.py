@@ -132,3 +132,80 @@ def test_bad_cidrs_are_config_errors():
     with pytest.raises(ConfigError, match="subnet"):
         ruleset(NETWORK, "nope")
     assert "10.244.0.0/16" in ruleset("10.244.3.7/16", "10.244.1.1/24")
+
+
+NETWORK6, SUBNET6 = "fd00:10:244::/56", "fd00:10:244:1::/64"
+SERVER6 = SERVER.replace("socket.socket()", "socket.socket(socket.AF_INET6)").replace(
+    '("0.0.0.0", 8080)', '("::", 8086)')
+CLIENT6 = CLIENT.replace("8080", "8086")
+
+
+def add_ipv6(topo) -> None:
+    """IPv6 beside IPv4: pod fd00:10:244:1::2, remote pod fd00:10:244:2::5, out 2001:db8:50::2."""
+    for ns, ifname, ip in ((topo.node, "vpod", "fd00:10:244:1::1/64"), (topo.pod, "eth0", "fd00:10:244:1::2/64"),
+                           (topo.node, "vremote", "fd00:10:244:2::1/64"),
+                           (topo.remote, "eth0", "fd00:10:244:2::5/64"),
+                           (topo.node, "eth0", "2001:db8:50::1/64"), (topo.out, "eth0", "2001:db8:50::2/64")):
+        sh(["ip", "-n", ns, "-6", "addr", "add", ip, "dev", ifname, "nodad"])
+    sh(["ip", "-n", topo.pod, "-6", "route", "add", "default", "via", "fd00:10:244:1::1"])
+    sh(["ip", "-n", topo.remote, "-6", "route", "add", "default", "via", "fd00:10:244:2::1"])
+    sh(in_ns(topo.node, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))
+
+
+def source_seen6(topo, server: subprocess.Popen, ip: str) -> str | None:
+    proc = sh(in_ns(topo.pod, [sys.executable, "-c", CLIENT6, ip]), check=False)
+    return server.stdout.readline().strip() if proc.returncode == 0 else None
+
+
+def ruleset_tables(ns: str) -> dict[tuple[str, str], list[dict]]:
+    """`nft -j list ruleset`: the rules of each (family, table)."""
+    items = json.loads(sh(in_ns(ns, ["nft", "-j", "list", "ruleset"])).stdout)["nftables"]
+    tables: dict[tuple[str, str], list[dict]] = {}
+    for item in items:
+        if "table" in item:
+            tables.setdefault((item["table"]["family"], item["table"]["name"]), [])
+        if "rule" in item:
+            tables[(item["rule"]["family"], item["rule"]["table"])].append(item["rule"])
+    return tables
+
+
+def test_ipv6_pod_traffic_is_masqueraded_when_enabled(topo):
+    add_ipv6(topo)
+    servers = []
+    for ns in (topo.out, topo.remote):
+        proc = subprocess.Popen(in_ns(ns, [sys.executable, "-c", SERVER6]), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        servers.append(proc)
+    out, remote = servers
+    try:
+        assert source_seen6(topo, out, "2001:db8:50::2") is None     # no route back to the pods
+        setup_ip_masq(NETWORK, SUBNET, ipv6_network=NETWORK6, ipv6_subnet=SUBNET6, netns=topo.node)
+        assert source_seen6(topo, out, "2001:db8:50::2") == "2001:db8:50::1"
+        assert source_seen6(topo, remote, "fd00:10:244:2::5") == "fd00:10:244:1::2"
+        tables = ruleset_tables(topo.node)
+        assert set(tables) == {("ip", TABLE), ("ip6", TABLE)}
+        v6 = json.dumps(tables[("ip6", TABLE)])
+        assert len(tables[("ip6", TABLE)]) == 8 and "ff00::" in v6 and '"masquerade"' in v6
+        assert "fd00:10:244::" in v6 and "fd00:10:244:1::" in v6 and "10.244." not in v6
+
+        # IPv6 turned off again: its table goes, IPv4's stays
+        setup_ip_masq(NETWORK, SUBNET, netns=topo.node)
+        assert set(ruleset_tables(topo.node)) == {("ip", TABLE)}
+        assert source_seen6(topo, out, "2001:db8:50::2") is None
+        # IPv6 only
+        setup_ip_masq(None, None, ipv6_network=NETWORK6, ipv6_subnet=SUBNET6, netns=topo.node)
+        assert set(ruleset_tables(topo.node)) == {("ip6", TABLE)}
+        teardown_ip_masq(netns=topo.node)
+        assert ruleset_tables(topo.node) == {}
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+def test_ipv6_cidrs_are_checked():
+    with pytest.raises(ConfigError, match="IPv6Network: must be an IPv6 CIDR"):
+        ruleset(NETWORK, SUBNET, ipv6_network="10.0.0.0/8", ipv6_subnet=SUBNET6)
+    with pytest.raises(ConfigError, match="no network to masquerade"):
+        ruleset(None, None)

@@ -67,7 +67,7 @@ def test_metrics_count_a_failing_hook_and_a_rejected_lease(served):
     add, pre = (("hook", "SubnetAddCommand"),), (("hook", "PreStartupCommand"),)
     assert got[("flannel_ext_hook_calls_total", add)] == 2
     assert got[("flannel_ext_hook_failures_total", add)] == 1
-    assert got[("flannel_ext_hook_duration_seconds_total", add)] == pytest.approx(0.75)
+    assert got[("flannel_ext_hook_duration_seconds_sum", add)] == pytest.approx(0.75)
     assert got[("flannel_ext_hook_calls_total", pre)] == 1
     assert ("flannel_ext_hook_failures_total", pre) not in got
     assert got[("flannel_ext_leases_rejected_total", (("reason", "bad-public-ip"),))] == 2
@@ -96,3 +96,23 @@ def test_stop_releases_the_port_and_a_busy_port_is_a_config_error(served):
     with socket.create_server(("127.0.0.1", port)):   # free again
         pass
     server.stop()                                     # idempotent
+
+
+def test_hook_duration_histogram_and_build_info(served):
+    stats, server = served
+    for duration in (0.004, 0.05, 0.05, 0.7, 45.0):
+        stats.record_call(HookCall("SubnetAddCommand", "10.5.1.0-24", True, 0, duration))
+    text = get(server, "/metrics")[2]
+    assert "# TYPE flannel_ext_hook_duration_seconds histogram" in text
+    got = samples(text)
+    add = ("hook", "SubnetAddCommand")
+
+    def bucket(le):
+        return got[("flannel_ext_hook_duration_seconds_bucket", tuple(sorted([add, ("le", le)])))]
+    assert [bucket(le) for le in ("0.001", "0.005", "0.05", "0.1", "1.0", "30.0", "60.0", "+Inf")] == \
+        [0, 1, 3, 3, 4, 4, 5, 5]
+    assert got[("flannel_ext_hook_duration_seconds_count", (add,))] == 5
+    assert got[("flannel_ext_hook_duration_seconds_sum", (add,))] == pytest.approx(45.804)
+    from flannel_ext import __version__
+    info = [k for k in got if k[0] == "flannel_ext_build_info"]
+    assert len(info) == 1 and dict(info[0][1])["version"] == __version__ and got[info[0]] == 1

@@ -4,7 +4,7 @@ Two checks per object: the `kubernetes` client's typed deserialisation (required
 and value types, via its pydantic models) and a walk of the raw dict against each model's
 `attribute_map`/`openapi_types`, because deserialisation silently drops unknown keys, so
 a misspelt `hostNetwrk` would otherwise pass. The sh CNI plugin is run against a stub
-`bridge` to pin the delegate config it hands over (flannel's, compat §5).
+`bridge` to pin the delegate config it hands over (flannel's, Documentation/flanneld.md).
 """
 from __future__ import annotations
 
