@@ -16,7 +16,7 @@ import jinja2
 import yaml
 
 from flannel_ext._util.errors import ConfigError
-from flannel_ext._util.gojson import loads_case_insensitive
+from flannel_ext._util import gojson
 from flannel_ext._config.netconf import load_netconf
 
 DEFAULT_IMAGE = "flannel-ext:dev"
@@ -64,12 +64,12 @@ def _validate(path: str, text: str) -> dict:
     # Kube mode never checks SubnetLen/Min/Max (compat §4), so neither do we.
     load_netconf(path, check_subnets=False)
     try:
-        data = json.loads(text)
+        data = gojson.decode(text)
     except ValueError as exc:
         raise ConfigError(path, None, None, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(path, None, None, "must be a JSON object")
-    if not loads_case_insensitive(data, "Network") and not loads_case_insensitive(data, "IPv6Network"):
+    if not gojson.field(data, "Network") and not gojson.field(data, "IPv6Network"):
         raise ConfigError(path, "Network", None, "is required in Kubernetes mode",
                           'add e.g. "Network": "10.244.0.0/16" (the cluster pod CIDR)')
     return data
@@ -77,8 +77,8 @@ def _validate(path: str, text: str) -> dict:
 
 def _hook_file(path: str, data: dict) -> tuple[str, str, str] | None:
     """(file path, class, ConfigMap key) when Backend.Hook names a Python file."""
-    backend = loads_case_insensitive(data, "Backend") or {}
-    spec = loads_case_insensitive(backend, "Hook") if isinstance(backend, dict) else None
+    backend = gojson.field(data, "Backend") or {}
+    spec = gojson.field(backend, "Hook") if isinstance(backend, dict) else None
     if not isinstance(spec, str) or ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
         return None   # a recipe name or an importable module: it is in the image already
     file, cls = spec.rsplit(":", 1)
@@ -99,10 +99,8 @@ def _hook_file(path: str, data: dict) -> tuple[str, str, str] | None:
 def _point_hook_at(data: dict, mounted: str) -> str:
     """The net-conf text with Backend.Hook replaced, matching the key as Go does."""
     data = json.loads(json.dumps(data))
-    backend_key = next(k for k in data if k.lower() == "backend")
-    backend = data[backend_key]
-    hook_key = "Hook" if "Hook" in backend else next(k for k in backend if k.lower() == "hook")
-    backend[hook_key] = mounted
+    backend = data[gojson.field_key(data, "Backend")]
+    backend[gojson.field_key(backend, "Hook")] = mounted
     return json.dumps(data, indent=2) + "\n"
 
 
