@@ -139,8 +139,10 @@ def _decode(text: str, source: str) -> dict[str, Any]:
     try:
         raw = gojson.decode(text, max_bytes=MAX_NETCONF_BYTES)
     except gojson.JSONError as exc:
-        hint = ("remove the comments: net-conf.json is strict JSON" if text.lstrip().startswith("//")
-                else "net-conf.json must be strict JSON (no comments, no trailing commas)")
+        hint = ("net-conf.json is a small object of settings: check that this is the right file"
+                if exc.over_limit else "remove the comments: net-conf.json is strict JSON"
+                if text.lstrip().startswith("//") else
+                "net-conf.json must be strict JSON (no comments, no trailing commas)")
         raise ConfigError(source, None, None, str(exc), hint) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, None, _json_kind(raw), "the top level must be a JSON object",

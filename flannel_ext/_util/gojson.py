@@ -39,7 +39,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JSONError(FlannelExtError, ValueError):
-    """Input that is not a JSON document flannel-ext accepts; the message says why."""
+    """Input that is not a JSON document flannel-ext accepts; the message says why.
+    `over_limit` is True when it may be valid JSON, just too big or too deep."""
+
+    def __init__(self, message: str, *, over_limit: bool = False):
+        super().__init__(message)
+        self.over_limit = over_limit
 
 
 def _escape(text: str) -> str:
@@ -135,7 +140,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if isinstance(text, (bytes, bytearray, memoryview)):
         data = bytes(text)
         if len(data) > max_bytes:
-            raise JSONError(f"{len(data)} bytes, over the limit of {max_bytes}")
+            raise JSONError(f"{len(data)} bytes, over the limit of {max_bytes}", over_limit=True)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -143,11 +148,11 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     elif not isinstance(text, str):
         raise JSONError(f"a {type(text).__name__}, not text")
     if len(text) > max_bytes:
-        raise JSONError(f"{len(text)} characters, over the limit of {max_bytes}")
+        raise JSONError(f"{len(text)} characters, over the limit of {max_bytes}", over_limit=True)
     if text.startswith("\ufeff"):
         raise JSONError("starts with a byte-order mark")
     if nesting_depth(text, max_depth) > max_depth:
-        raise JSONError(f"nested more than {max_depth} levels deep")
+        raise JSONError(f"nested more than {max_depth} levels deep", over_limit=True)
     try:
         value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
     except JSONError:
