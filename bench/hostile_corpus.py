@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--stores", default="sqlite,etcd,kube")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)   # the kube watch's "relisting" warnings are expected here
     rows = run(tuple(filter(None, args.stores.split(","))), args.entries, args.seed)
     head = f"{'store':<7} {'entries':>7} {'bad':>5} {'rejected':>8} {'accepted':>8} {'executed':>8} " \
            f"{'crashed':>7} {'healthy lease':>13} {'seconds':>7}"

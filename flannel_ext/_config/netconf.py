@@ -250,6 +250,7 @@ def _check_family(conf: NetConf, version: int) -> None:
     v6 = version == 6
     pre = "IPv6" if v6 else ""
     net = conf.ipv6_network if v6 else conf.network
+    assert net is not None, "parse_netconf checks the Network of an enabled family first"
     bits = 128 if v6 else 32
     max_len, min_prefix, default_len = (126, 124, 64) if v6 else (30, 28, 24)
     len_field, netname = f"{pre}SubnetLen", f"{pre}Network"

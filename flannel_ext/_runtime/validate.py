@@ -76,7 +76,7 @@ def _check_public_ips(attrs: LeaseAttrs, config: NetConf) -> str | None:
         if text is None and version == 6:
             continue
         problem = _unicast(text, version)
-        if problem is None and pods is not None and ipaddress.ip_address(text) in pods:
+        if problem is None and isinstance(text, str) and pods is not None and ipaddress.ip_address(text) in pods:
             problem = f"inside the pod network {pods}"
         if problem:
             return f"{name} {text!r} is {problem}"

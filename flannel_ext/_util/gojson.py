@@ -33,7 +33,7 @@ _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u202
 # Go's foldName for ASCII field names: ASCII letters upper-cased, plus the two non-ASCII
 # runes whose simple fold orbit holds an ASCII letter (U+017F long s, U+212A Kelvin).
 _FOLD = {**{c: c - 32 for c in range(ord("a"), ord("z") + 1)}, 0x17F: ord("S"), 0x212A: ord("K")}
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
