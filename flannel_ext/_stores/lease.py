@@ -69,19 +69,20 @@ class LeaseAttrs:
             raise ValueError(f"lease value is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ValueError("lease value is not a JSON object")
-        get = lambda name: gojson.field(obj, name)  # noqa: E731
+        fields = gojson.struct_fields(obj)
+        get = lambda name: fields.get(gojson.go_fold(name))  # noqa: E731
         public_ip, public_ipv6, backend_type = get("PublicIP"), get("PublicIPv6"), get("BackendType")
         for name, value in (("PublicIP", public_ip), ("PublicIPv6", public_ipv6), ("BackendType", backend_type)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} is not a string")
-
-        def raw(name):
-            value = get(name)
-            return None if value is None else gojson.dumps(value)
-
-        return cls(public_ip=public_ip or "0.0.0.0", public_ipv6=public_ipv6 or None,
-                   backend_type=backend_type or "", backend_data=raw("BackendData"),
-                   backend_v6_data=raw("BackendV6Data"))
+        data, v6_data = get("BackendData"), get("BackendV6Data")
+        attrs = cls.__new__(cls)   # the raw data is dumped canonical here: skip __post_init__'s pass
+        for name, item in (("public_ip", public_ip or "0.0.0.0"), ("public_ipv6", public_ipv6 or None),
+                           ("backend_type", backend_type or ""),
+                           ("backend_data", None if data is None else gojson.dumps(data)),
+                           ("backend_v6_data", None if v6_data is None else gojson.dumps(v6_data))):
+            object.__setattr__(attrs, name, item)
+        return attrs
 
     def backend_data_value(self):
         """The decoded BackendData (a str for extension leases), or None."""

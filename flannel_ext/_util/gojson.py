@@ -36,6 +36,8 @@ _FOLD = {**{c: c - 32 for c in range(ord("a"), ord("z") + 1)}, 0x17F: ord("S"), 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A lone surrogate needs a raw one in the text or a \\uD800-\\uDFFF escape: only then walk.
+_MAYBE_SURROGATE = re.compile("[\ud800-\udfff]|\\\\u[dD][89abcdefABCDEF]")
 
 
 class JSONError(FlannelExtError, ValueError):
@@ -65,7 +67,7 @@ def compact_raw(raw: str) -> str:
 
 def go_fold(name: str) -> str:
     """Go's folded form of a field name: equal folds mean Go matches the names."""
-    return name.translate(_FOLD)
+    return name.upper() if name.isascii() else name.translate(_FOLD)
 
 
 def field_key(obj: Mapping[str, Any], name: str) -> str | None:
@@ -82,6 +84,12 @@ def field(obj: Mapping[str, Any], name: str, default: Any = None) -> Any:
     """The value of struct field `name` as Go decodes `obj` (see `field_key`), or `default`."""
     key = field_key(obj, name)
     return default if key is None else obj[key]
+
+
+def struct_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Every value of `obj` by `go_fold` of its key, the last match winning: the same
+    answers as `field`, in one pass, for reading several fields of one object."""
+    return {go_fold(key): value for key, value in obj.items()}
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -104,12 +112,12 @@ def _finite(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+
+
 def nesting_depth(text: str, stop_above: int = MAX_DEPTH) -> int:
     """The deepest bracket nesting of `text` (brackets inside strings not counted),
     or the first depth over `stop_above`: the scan ends there, so it stays cheap."""
-    opens = text.count("[") + text.count("{")
-    if opens <= 1:
-        return opens
     depth = peak = 0
     for match in _BRACKET.finditer(_STRING.sub("", text)):
         depth += 1 if match.group() in "[{" else -1
@@ -151,15 +159,17 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
         raise JSONError(f"{len(text)} characters, over the limit of {max_bytes}", over_limit=True)
     if text.startswith("\ufeff"):
         raise JSONError("starts with a byte-order mark")
-    if nesting_depth(text, max_depth) > max_depth:
+    # Cheap first: with no more open brackets than the limit, nothing can nest deeper.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text, max_depth) > max_depth:
         raise JSONError(f"nested more than {max_depth} levels deep", over_limit=True)
     try:
-        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+        value = _DECODER.decode(text)
     except JSONError:
         raise
     except json.JSONDecodeError as exc:
         raise JSONError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise JSONError(f"invalid JSON: {str(exc)[:200]}") from None
-    _check_strings(value)
+    if _MAYBE_SURROGATE.search(text):
+        _check_strings(value)
     return value
