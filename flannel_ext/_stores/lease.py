@@ -42,7 +42,7 @@ class LeaseAttrs:
 
     @classmethod
     def with_string_data(cls, public_ip: str, data: str | None, *, public_ipv6: str | None = None,
-                         backend_type: str = "extension") -> "LeaseAttrs":
+                         backend_type: str = "extension") -> LeaseAttrs:
         """Attrs as the extension backend writes them: BackendData is a JSON string."""
         return cls(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=backend_type,
                    backend_data=gojson.dumps(data) if data else None)
@@ -60,7 +60,7 @@ class LeaseAttrs:
         return "{" + ",".join(parts) + "}"
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "LeaseAttrs":
+    def from_json(cls, text: str | bytes) -> LeaseAttrs:
         """Parse a lease value as Go would (case-insensitive keys, the last match wins);
         raises ValueError for anything else, whatever the input (bounded size and depth)."""
         try:
@@ -129,7 +129,7 @@ def display_key(key: object) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")   # lone surrogates, escaped
 
 
-def parse_entry(key: object, value: object, expiration: object = None) -> "Lease":
+def parse_entry(key: object, value: object, expiration: object = None) -> Lease:
     """The Lease a stored entry holds; ValueError, and only that, whatever the key and value."""
     if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, (int, float))):
         raise ValueError(f"expiration {display_key(expiration)!r} is not a number")
@@ -157,10 +157,10 @@ class Lease:
     def key(self) -> str:
         return subnet_key(self.subnet, self.ipv6_subnet)
 
-    def with_attrs(self, attrs: LeaseAttrs) -> "Lease":
+    def with_attrs(self, attrs: LeaseAttrs) -> Lease:
         return replace(self, attrs=attrs)
 
-    def same_subnet(self, other: "Lease") -> bool:
+    def same_subnet(self, other: Lease) -> bool:
         """flannel's sameSubnet: equal v4 subnet and equal v6 subnet."""
         return self.subnet == other.subnet and self.ipv6_subnet == other.ipv6_subnet
 
@@ -181,14 +181,14 @@ class LeaseEvent:
     reason: str = ""
 
     @classmethod
-    def added(cls, lease: Lease) -> "LeaseEvent":
+    def added(cls, lease: Lease) -> LeaseEvent:
         return cls(EventType.ADDED, lease, lease.key)
 
     @classmethod
-    def removed(cls, lease: Lease) -> "LeaseEvent":
+    def removed(cls, lease: Lease) -> LeaseEvent:
         return cls(EventType.REMOVED, lease, lease.key)
 
     @classmethod
-    def rejected(cls, key: object, reason: str) -> "LeaseEvent":
+    def rejected(cls, key: object, reason: str) -> LeaseEvent:
         """`key` may be anything a store holds (bytes, bad Unicode): it is made printable."""
         return cls(EventType.REJECTED, None, display_key(key), reason)
