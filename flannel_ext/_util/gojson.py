@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flannel_ext._util.errors import FlannelExtError
 

@@ -26,7 +26,7 @@ FORGED = "12:00:00.000 I flannel_ext.runtime: FORGED"
 
 
 def value(public_ip="192.168.77.9", extra=""):
-    return '{"PublicIP":"%s","PublicIPv6":null,"BackendType":"extension"%s}' % (public_ip, extra)
+    return f'{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"extension"{extra}}}'
 
 
 def critical(marker) -> list[tuple[str | bytes, str | bytes]]:
@@ -37,7 +37,7 @@ def critical(marker) -> list[tuple[str | bytes, str | bytes]]:
         (b"10.50.203.0-24\xff", value()),
         ("10.50.204.0-24", value(extra=',"BackendData":NaN')),
         ("10.50.205.0-24", value(extra=',"BackendData":"' + "x" * 100_000 + '"')),
-        ("10.50.206.0-24", value(extra=',"PublicIPv6":"fe80::1%%$(touch %s)"' % marker)),
+        ("10.50.206.0-24", value(extra=f',"PublicIPv6":"fe80::1%$(touch {marker})"')),
         ("10.50.207.0-24&::-0", value()),
         ("10.50.208.0-24", value("10.50.9.9")),
         ("10.50.209.0-24", value(extra=',"publicip":"1.2.3.4%eth0"')),
