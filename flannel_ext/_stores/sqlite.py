@@ -177,7 +177,7 @@ class SqliteStore:
                       "value = excluded.value, expiration = excluded.expiration, "
                       "revision = excluded.revision", (key, value, expiration, rev))
 
-    def _delete(self, conn, key: str, type_: str = "delete", column: str = "key") -> bool:
+    def _delete(self, conn, key: object, type_: str = "delete", column: str = "key") -> bool:
         row = conn.execute(f"DELETE FROM leases WHERE {column} = ? RETURNING key, value, expiration",
                            (key,)).fetchone()
         if row:
