@@ -137,6 +137,7 @@ class _Generator:
                 "// c\n" + good, "\ufeff" + good, good.encode("utf-16"), b"\xff\xfe" + good.encode(),
                 good.replace('"extension"', '"ext\xff"').encode("latin-1"),
                 "{'PublicIP': '192.168.1.1'}", good + good, good + " " * 70_000, self.nested(100_000),
+                '"\\' * 30_000 + "[" * 70,   # quadratic for a regex that matches whole strings
                 '{"PublicIP":"192.168.1.1","PublicIP":"1.2.3.4%x"}',
                 '{"PublicIP":"192.168.1.1","publicip":"0.0.0.0"}',
                 '{"PublicIP":"192.168.1.1","BackendType":"extension","BackendData":"ok","bac\u212aendData":5}',

@@ -19,6 +19,8 @@ occurrence, which is what makes that rule a plain scan.
 """
 from __future__ import annotations
 
+import array
+import itertools
 import json
 import math
 import re
@@ -34,8 +36,10 @@ _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u202
 # Go's foldName for ASCII field names: ASCII letters upper-cased, plus the two non-ASCII
 # runes whose simple fold orbit holds an ASCII letter (U+017F long s, U+212A Kelvin).
 _FOLD = {**{c: c - 32 for c in range(ord("a"), ord("z") + 1)}, 0x17F: ord("S"), 0x212A: ord("K")}
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = str.maketrans({"[": "\x01", "{": "\x01", "]": "\xff", "}": "\xff"})   # +1 / -1 as signed bytes
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A lone surrogate needs a raw one in the text or a \\uD800-\\uDFFF escape: only then walk.
 _MAYBE_SURROGATE = re.compile("[\ud800-\udfff]|\\\\u[dD][89abcdefABCDEF]")
@@ -116,17 +120,18 @@ def _finite(text: str) -> float:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
 
 
-def nesting_depth(text: str, stop_above: int = MAX_DEPTH) -> int:
-    """The deepest bracket nesting of `text` (brackets inside strings not counted),
-    or the first depth over `stop_above`: the scan ends there, so it stays cheap."""
-    depth = peak = 0
-    for match in _BRACKET.finditer(_STRING.sub("", text)):
-        depth += 1 if match.group() in "[{" else -1
-        if depth > peak:
-            peak = depth
-            if peak > stop_above:
-                break
-    return peak
+def nesting_depth(text: str) -> int:
+    """The deepest bracket nesting of `text`, brackets inside strings not counted.
+
+    Linear and in C loops: escape pairs go first, then whole strings (with no escapes
+    left, `"[^"]*"` cannot backtrack; a regex matching strings with escapes in them takes
+    quadratic time on `"\\"\\"\\"...`), then a running sum over the brackets. An escape pair
+    outside a string makes the text invalid JSON at that point, and every bracket before
+    it, which is all Python's parser could descend into, has been counted exactly.
+    """
+    plain = _STRING.sub("", _ESCAPE.sub("", text))
+    steps = _NOT_BRACKET.sub("", plain).translate(_STEP).encode("latin-1")
+    return max(itertools.accumulate(array.array("b", steps)), default=0)
 
 
 def _check_strings(value: Any) -> None:
@@ -161,7 +166,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if text.startswith("\ufeff"):
         raise JSONError("starts with a byte-order mark")
     # Cheap first: with no more open brackets than the limit, nothing can nest deeper.
-    if text.count("[") + text.count("{") > max_depth and nesting_depth(text, max_depth) > max_depth:
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise JSONError(f"nested more than {max_depth} levels deep", over_limit=True)
     try:
         value = _DECODER.decode(text)

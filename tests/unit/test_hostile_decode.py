@@ -60,6 +60,17 @@ def test_depth_prescan_ignores_brackets_in_strings():
     assert gojson.decode("[" * 64 + "]" * 64) is not None
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("text", [
+    '"\\' * 32000 + "[" * 100,           # a string-matching regex backtracks quadratically here (34 s)
+    "[" * 100 + '"\\\\' * 21000,
+    '["\\"' * 16000,
+])
+def test_depth_prescan_is_linear_on_escapes_and_quotes(text):
+    with pytest.raises(gojson.JSONError):
+        gojson.decode(text, max_bytes=65536)
+
+
 def test_valid_surrogate_pairs_are_fine():
     assert gojson.decode('"\\ud834\\udd1e"') == "\U0001d11e"
 
