@@ -1,15 +1,17 @@
-"""Issue 11 §1 with real daemons: no lease can stop a node, on SQLite and on etcd.
+"""Issue 11 §1 with real daemons: no lease can stop a node, on SQLite, etcd and the kube API.
 
 The entries that crashed or crash-looped a node (a lone surrogate, 100,000-deep nesting,
 a BLOB or non-UTF-8 key, NaN, a huge value...) are in the store before the node starts
 and more arrive while it runs. The node starts, counts each one as a rejection, programs
 the healthy node added afterwards (a host-gw route in the kernel), survives a restart,
 and a key that is the real key plus a newline can neither forge a log line nor, when
-deleted, remove the real lease's route.
+deleted, remove the real lease's route. On the kube store the Kubernetes fake runs in the
+hub namespace (where node namespaces reach it) and Node objects carry the same values.
 """
 from __future__ import annotations
 
 import base64
+import pathlib
 import json
 import shutil
 import sqlite3
@@ -174,3 +176,84 @@ def test_no_lease_stops_a_node(writer, underlay, netns_prefix, conf, tmp_path, d
     assert route_to(ns_a, b.subnet)
     assert a.proc.poll() is None
     assert not marker.exists()
+
+
+# --- the kube store: the fake API server in the hub namespace, a real daemon in a node ---
+
+FAKE_IN_HUB = """
+import json, sys, http.server
+sys.path.insert(0, sys.argv[1])
+import kube_fake
+host = sys.argv[2]
+kube_fake.ThreadingHTTPServer = lambda addr, handler: http.server.ThreadingHTTPServer((host, 0), handler)
+fake = kube_fake.FakeKubeAPI(__import__("pathlib").Path(sys.argv[3]))
+fake.kubeconfig_path.write_text(fake.kubeconfig_path.read_text().replace("127.0.0.1", host))
+print(fake.kubeconfig_path, flush=True)
+for line in sys.stdin:            # one node per line: {"name", "cidr", "annotations"}
+    node = json.loads(line)
+    fake.add_node(node["name"], node["cidr"], annotations=node.get("annotations"))
+    print("added", json.dumps(node["name"]), flush=True)
+fake.close()
+"""
+P = "flannel.alpha.coreos.com/"
+
+
+def kube_node(name, cidr, public_ip="192.168.77.9", data="null", **more):
+    return {"name": name, "cidr": cidr, "annotations": {
+        P + "kube-subnet-manager": "true", P + "backend-type": "extension", P + "public-ip": public_ip,
+        P + "backend-data": data, **more}}
+
+
+@pytest.mark.timeout(180)
+def test_no_node_object_stops_a_kube_node(underlay, netns_prefix, conf, tmp_path, daemons):
+    host = str(underlay.network.network_address + 250)
+    subprocess.run(["ip", "-n", underlay.hub, "addr", "replace", f"{host}/24", "dev", "br0"], check=True)
+    tests_dir = str(pathlib.Path(__file__).resolve().parents[1])
+    fake = subprocess.Popen(["ip", "netns", "exec", underlay.hub, sys.executable, "-c", FAKE_IN_HUB, tests_dir, host,
+                             str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        kubeconfig = fake.stdout.readline().strip()
+
+        def add(node):
+            fake.stdin.write(json.dumps(node) + "\n")
+            fake.stdin.flush()
+            assert fake.stdout.readline().strip() == f"added {json.dumps(node['name'])}"
+
+        marker = tmp_path / "PWNED"
+        hostile = [
+            kube_node("deep", "10.50.201.0/24", data="[" * 100_000 + "]" * 100_000),
+            kube_node("surrogate", "10.50.202.0/24", data='"\\ud800"'),
+            kube_node("nan", "10.50.203.0/24", data="NaN"),
+            kube_node("zone", "10.50.204.0/24", public_ip=f"fe80::1%$(touch {marker})"),
+            kube_node("in-pods", "10.50.205.0/24", public_ip="10.50.9.9"),
+            kube_node("bad\ncidr", "10.50.206.0/24\n"),
+        ]
+        ns_a, ns_b = f"{netns_prefix}a", f"{netns_prefix}b"
+        underlay.add_node(ns_a, 0)
+        underlay.add_node(ns_b, 1)
+        add({"name": ns_a, "cidr": "10.50.100.0/24"})
+        for node in hostile[:3]:   # before the node starts (the crash loop)
+            add(node)
+        a = NodeDaemon(ns_a, conf, "kube", tmp_path, env={"NODE_NAME": ns_a},
+                       extra=["--kubeconfig-file", kubeconfig])
+        daemons.append(a)
+        a.start(timeout=30)
+        for node in hostile[3:]:   # and while it runs
+            add(node)
+        wait_for(lambda: rejected(a) >= len(hostile), timeout=30, what="every bad node counted")
+        add(kube_node(ns_b, "10.50.101.0/24", public_ip=underlay.nodes[ns_b]))   # a healthy node afterwards
+        wait_for(lambda: route_to(ns_a, "10.50.101.0/24"), timeout=30, what="A's route to the healthy node")
+        assert route_to(ns_a, "10.50.101.0/24")[0]["gateway"] == underlay.nodes[ns_b]
+        assert rejected(a) == len(hostile)
+        assert a.proc.poll() is None and not marker.exists()
+        assert not any(line.startswith("cidr") for line in a.log().splitlines())
+    finally:
+        for daemon in daemons:   # before the API server goes, so they do not log its absence
+            daemon.stop()
+        fake.stdin.close()
+        try:
+            fake.wait(10)
+        except subprocess.TimeoutExpired:
+            fake.kill()
+            fake.wait()
+        fake.stdout.close()
