@@ -24,7 +24,7 @@ import yaml
 from flannel_ext._config.netconf import parse_netconf
 from flannel_ext._hooks.loader import installed_recipes
 from flannel_ext._util.errors import ConfigError
-from flannel_ext._util.gojson import loads_case_insensitive
+from flannel_ext._util import gojson
 
 DEFAULT_IMAGE = "flannel-ext:dev"
 DEFAULT_NAMESPACE = "kube-flannel"
@@ -131,10 +131,10 @@ def _validate(source: NetConfSource) -> dict:
     where = source.path or source.label
     # Kube mode never checks SubnetLen/Min/Max (flannel does not either), so neither do we.
     parse_netconf(source.text, where, check_subnets=False)
-    data = json.loads(source.text)
+    data = gojson.decode(source.text)
     if not isinstance(data, dict):
         raise ConfigError(where, None, None, "must be a JSON object")
-    if not loads_case_insensitive(data, "Network") and not loads_case_insensitive(data, "IPv6Network"):
+    if not gojson.field(data, "Network") and not gojson.field(data, "IPv6Network"):
         raise ConfigError(where, "Network", None, "is required in Kubernetes mode",
                           f'add e.g. "Network": "{DEFAULT_NETWORK}" (the cluster pod CIDR), or pass --network')
     return data
@@ -161,8 +161,8 @@ def check_image(image: str) -> str:
 
 def _hook_file(path: str, data: dict) -> tuple[str, str, str] | None:
     """(file path, class, ConfigMap key) when Backend.Hook names a Python file."""
-    backend = loads_case_insensitive(data, "Backend") or {}
-    spec = loads_case_insensitive(backend, "Hook") if isinstance(backend, dict) else None
+    backend = gojson.field(data, "Backend") or {}
+    spec = gojson.field(backend, "Hook") if isinstance(backend, dict) else None
     if not isinstance(spec, str) or ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
         return None   # a recipe name or an importable module: it is in the image already
     file, cls = spec.rsplit(":", 1)
@@ -183,10 +183,8 @@ def _hook_file(path: str, data: dict) -> tuple[str, str, str] | None:
 def _point_hook_at(data: dict, mounted: str) -> str:
     """The net-conf text with Backend.Hook replaced, matching the key as Go does."""
     data = json.loads(json.dumps(data))
-    backend_key = next(k for k in data if k.lower() == "backend")
-    backend = data[backend_key]
-    hook_key = "Hook" if "Hook" in backend else next(k for k in backend if k.lower() == "hook")
-    backend[hook_key] = mounted
+    backend = data[gojson.field_key(data, "Backend")]
+    backend[gojson.field_key(backend, "Hook")] = mounted
     return json.dumps(data, indent=2) + "\n"
 
 

@@ -11,6 +11,7 @@ from flannel_ext._config import paths
 from flannel_ext._util.errors import ConfigError
 from flannel_ext._config.netconf import load_netconf, parse_netconf
 from flannel_ext._hooks.loader import load_hook
+from flannel_ext._runtime import subnetenv
 from flannel_ext._runtime.dispatch import Backoff
 from flannel_ext._runtime.iface import check_ip, find_interface
 from flannel_ext._runtime.node import NodeOptions, NodeRuntime
@@ -123,6 +124,8 @@ def _check_args(args) -> None:
     if args.watch and not args.net_conf:
         raise ConfigError("--watch", None, None, "needs a file to watch",
                           "pass --net-conf FILE (a config kept in etcd is not watched)")
+    if not args.dry_run:
+        subnetenv.check_writable(args.subnet_file)
     for flag in ("public_ip", "public_ipv6"):
         if getattr(args, flag):
             check_ip("--" + flag.replace("_", "-"), getattr(args, flag), 6 if flag.endswith("v6") else 4)

@@ -9,13 +9,14 @@ backend, so the Backend object is checked as flannel's extension backend decodes
 from __future__ import annotations
 
 import ipaddress
-import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from flannel_ext._util import gojson
 from flannel_ext._util.errors import ConfigError
-from flannel_ext._util.gojson import loads_case_insensitive
 
 #: The Backend keys holding shell commands, in lifecycle order. flannel reads the first
 #: four; ShutdownCommand is flannel-ext's own (flannel's dist/ examples carry it unused).
@@ -52,26 +53,54 @@ class NetConf:
 
     def backend_option(self, name: str, default: Any = None) -> Any:
         """A Backend key, matched case-insensitively as Go's encoding/json does."""
-        return loads_case_insensitive(self.backend, name, default)
+        return gojson.field(self.backend, name, default)
+
+
+#: A net-conf.json bigger than this is refused unread (real ones are a few hundred bytes).
+MAX_NETCONF_BYTES = 1 << 20
 
 
 def load_netconf(path, *, check_subnets: bool = True) -> NetConf:
     """Read and parse the net-conf.json at `path`; every failure is a ConfigError."""
     source = str(path)
+    return parse_netconf(_read_regular_file(path, source), source, check_subnets=check_subnets)
+
+
+def _read_regular_file(path, source: str) -> str:
+    """The file's text. A FIFO, device or directory is refused at once (reading a FIFO
+    blocks for ever, /dev/zero never ends): opened non-blocking, then checked by fstat."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(source, None, None, "file not found",
                           "pass the path of your net-conf.json (e.g. --net-conf /etc/kube-flannel/net-conf.json)"
                           ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, None, None, f"not UTF-8 text (byte {exc.start})",
-                          "save the file as UTF-8 JSON") from None
     except OSError as exc:
         raise ConfigError(source, None, None, f"cannot read the file: {exc.strerror or exc}",
                           "check the path and its permissions") from None
-    return parse_netconf(text, source, check_subnets=check_subnets)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+            raise ConfigError(source, None, None, f"cannot read the file: it is {kind}, not a regular file",
+                              "point --net-conf at a net-conf.json file")
+        data = b""
+        while len(data) <= MAX_NETCONF_BYTES and (chunk := os.read(fd, MAX_NETCONF_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise ConfigError(source, None, None, f"cannot read the file: {exc.strerror or exc}",
+                          "check the path and its permissions") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_NETCONF_BYTES:
+        raise ConfigError(source, None, None, f"is over {MAX_NETCONF_BYTES} bytes",
+                          "net-conf.json holds a few settings; check the path")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, None, f"not UTF-8 text (byte {exc.start})",
+                          "save the file as UTF-8 JSON") from None
 
 
 def parse_netconf(text: str, source: str = "net-conf.json", *, check_subnets: bool = True) -> NetConf:
@@ -105,48 +134,20 @@ def parse_netconf(text: str, source: str = "net-conf.json", *, check_subnets: bo
 
 # --- JSON -------------------------------------------------------------------------
 
-def _fold_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as Go decodes it into a struct: among keys equal but for case, the
-    last one in the file wins (Go assigns each key to its field in order)."""
-    folded: dict[str, tuple[str, Any]] = {}
-    for key, value in pairs:
-        folded.pop(key.lower(), None)   # re-insert so the surviving spelling keeps file order
-        folded[key.lower()] = (key, value)
-    return dict(folded.values())
-
-
-class _Pairs(list):
-    """A decoded JSON object as its (key, value) pairs, in file order, duplicates kept."""
-
-
 def _decode(text: str, source: str) -> dict[str, Any]:
-    def no_constant(name: str):
-        raise ValueError(f"{name} is not valid JSON")
-
+    """The top-level object; keys are later matched as Go does (`gojson.field`)."""
     try:
-        # Pairs are folded only for the objects Go decodes into structs (top level, Backend).
-        raw = json.loads(text, object_pairs_hook=_Pairs, parse_constant=no_constant)
-    except json.JSONDecodeError as exc:
-        hint = ("remove the comments: net-conf.json is strict JSON" if text.lstrip().startswith("//")
-                else "net-conf.json must be strict JSON (no comments, no trailing commas)")
-        raise ConfigError(source, None, None,
-                          f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", hint) from None
-    except ValueError as exc:
-        raise ConfigError(source, None, None, f"invalid JSON: {exc}",
-                          "net-conf.json must be strict JSON") from None
-    if not isinstance(raw, _Pairs):
+        raw = gojson.decode(text, max_bytes=MAX_NETCONF_BYTES)
+    except gojson.JSONError as exc:
+        hint = ("net-conf.json is a small object of settings: check that this is the right file"
+                if exc.over_limit else "remove the comments: net-conf.json is strict JSON"
+                if text.lstrip().startswith("//") else
+                "net-conf.json must be strict JSON (no comments, no trailing commas)")
+        raise ConfigError(source, None, None, str(exc), hint) from None
+    if not isinstance(raw, dict):
         raise ConfigError(source, None, _json_kind(raw), "the top level must be a JSON object",
                           'write {"Network": "10.244.0.0/16", "Backend": {"Type": "extension", ...}}')
-    return _fold_pairs(raw)
-
-
-def _plain(value: Any) -> Any:
-    """Turn decoded pairs back into dicts (nested data stays as written; last duplicate wins)."""
-    if isinstance(value, _Pairs):
-        return {key: _plain(item) for key, item in value}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
+    return raw
 
 
 def _json_kind(value: Any) -> str:
@@ -159,7 +160,7 @@ def _json_kind(value: Any) -> str:
         return "number"
     if isinstance(value, str):
         return "string"
-    return "object" if isinstance(value, _Pairs) else "array"
+    return "object" if isinstance(value, dict) else "array"
 
 
 # --- top-level fields (ParseConfig) --------------------------------------------------
@@ -167,7 +168,7 @@ def _json_kind(value: Any) -> str:
 def _get(raw: dict[str, Any], name: str) -> tuple[bool, Any]:
     """(present, value) for a struct field, matched case-insensitively."""
     missing = object()
-    value = loads_case_insensitive(raw, name, missing)
+    value = gojson.field(raw, name, missing)
     return (value is not missing, None if value is missing else value)
 
 
@@ -178,7 +179,7 @@ def _parse_top(raw: dict[str, Any], conf: NetConf) -> None:
         present, value = _get(raw, name)
         if present and value is not None:   # Go leaves the field alone on null
             if not isinstance(value, bool):
-                raise ConfigError(src, name, _plain(value), "must be true or false", f'e.g. "{name}": true')
+                raise ConfigError(src, name, value, "must be true or false", f'e.g. "{name}": true')
             setattr(conf, attr, value)
     conf.network = _cidr(raw, "Network", 4, src, "10.244.0.0/16")
     conf.ipv6_network = _cidr(raw, "IPv6Network", 6, src, "fd00:10:244::/56")
@@ -206,7 +207,7 @@ def _cidr(raw, name: str, version: int, src: str, example: str):
         except ValueError:
             net = None
     if net is None or net.version != version:
-        raise ConfigError(src, name, _plain(value), f"invalid IPv{version} CIDR format",
+        raise ConfigError(src, name, value, f"invalid IPv{version} CIDR format",
                           f'write an IPv{version} network as address/prefix, e.g. "{example}"')
     # flannel's IP4Net.Empty(): 0.0.0.0/0 counts as "no Network".
     return None if int(net.network_address) == 0 and net.prefixlen == 0 else net
@@ -218,7 +219,7 @@ def _uint(raw, name: str, src: str) -> int:
         return 0
     # Go's uint decoding takes only an integer literal: 24.0, -1, "24" and true all fail.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(src, name, _plain(value), "must be a non-negative whole number",
+        raise ConfigError(src, name, value, "must be a non-negative whole number",
                           f'e.g. "{name}": {24 if name == "SubnetLen" else 64}')
     return value
 
@@ -236,7 +237,7 @@ def _addr(raw, name: str, version: int, src: str):
     if version == 4 and isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped   # Go's To4() accepts ::ffff:a.b.c.d
     if addr is None or addr.version != version:
-        raise ConfigError(src, name, _plain(value), f"is not a valid IPv{version} address",
+        raise ConfigError(src, name, value, f"is not a valid IPv{version} address",
                           f'e.g. "{name}": "{"10.244.1.0" if version == 4 else "fd00:10:244:1::"}"')
     # flannel treats the zero address as "unset" and fills in the default.
     return None if int(addr) == 0 else addr
@@ -249,6 +250,7 @@ def _check_family(conf: NetConf, version: int) -> None:
     v6 = version == 6
     pre = "IPv6" if v6 else ""
     net = conf.ipv6_network if v6 else conf.network
+    assert net is not None, "parse_netconf checks the Network of an enabled family first"
     bits = 128 if v6 else 32
     max_len, min_prefix, default_len = (126, 124, 64) if v6 else (30, 28, 24)
     len_field, netname = f"{pre}SubnetLen", f"{pre}Network"
@@ -309,17 +311,17 @@ def _parse_backend(raw: dict[str, Any], conf: NetConf) -> None:
         conf.backend_type = "udp"   # flannel's default when Backend is absent (its docs say vxlan)
         raise ConfigError(src, "Backend", None,
                           "no Backend object, so flannel would run its default udp backend", _BACKEND_FIX)
-    if value is not None and not isinstance(value, _Pairs):
-        raise ConfigError(src, "Backend", _plain(value),
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(src, "Backend", value,
                           "must be a JSON object (flannel: error decoding Backend property of config: "
                           f"json: cannot unmarshal {_json_kind(value)} into Go value of type struct {{ Type string }})",
                           _BACKEND_FIX)
-    backend = _fold_pairs(value or [])   # null decodes like {}: Type ""
+    backend = value or {}   # null decodes like {}: Type ""
     present, btype = _get(backend, "Type")
     if btype is not None and not isinstance(btype, str):
-        raise ConfigError(src, "Backend.Type", _plain(btype), "must be a string", _BACKEND_FIX)
+        raise ConfigError(src, "Backend.Type", btype, "must be a string", _BACKEND_FIX)
     conf.backend_type = (btype or "").lower()
-    conf.backend = {key: _plain(item) for key, item in backend.items()}
+    conf.backend = dict(backend)
     if conf.backend_type != "extension":
         shown = btype if present else None
         problem = ("no Type, so flannel would fail with \"unknown backend type: \"" if not btype
@@ -347,6 +349,10 @@ def _parse_backend(raw: dict[str, Any], conf: NetConf) -> None:
         if not isinstance(hook, str) or not hook.strip():
             raise ConfigError(src, "Backend.Hook", hook, "must be a non-empty string naming a Python hook",
                               'e.g. "Hook": "vxlan", "Hook": "host-gw" or "Hook": "package.module:Class"')
+        module = hook.strip().rpartition(":")[0]
+        if ("/" in module or module.endswith(".py")) and not module.endswith(".py"):
+            raise ConfigError(src, "Backend.Hook", hook, "a hook file must be a Python source file ending in .py",
+                              'e.g. "Hook": "hooks/my_hook.py:MyHook"')
         conf.hook = hook
     present, mtu = _get(conf.backend, "MTU")
     if present:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from collections.abc import Sequence
 
+from flannel_ext._util import gojson
 from flannel_ext._util.errors import BatchError
 
 # The lifecycle method names; anything else public on a Hook subclass that looks like
@@ -78,13 +79,7 @@ class HookContext:
 
     def option(self, name: str, default: Any = None) -> Any:
         """A Backend option, matched case-insensitively as flannel's JSON decoding does."""
-        if name in self.options:
-            return self.options[name]
-        low = name.lower()
-        for key, value in self.options.items():
-            if key.lower() == low:
-                return value
-        return default
+        return gojson.field(self.options, name, default)
 
 
 class Hook:

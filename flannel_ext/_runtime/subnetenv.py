@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from flannel_ext._config import paths
-from flannel_ext._util.errors import FlannelExtError
+from flannel_ext._util.errors import ConfigError, FlannelExtError
 from flannel_ext._util.files import write_atomic
 
 DEFAULT_SUBNET_FILE = paths.SUBNET_FILE
@@ -52,9 +53,41 @@ def render(*, network, subnet, mtu: int, ip_masq: bool, ipv6_network=None, ipv6_
     return "".join(line + "\n" for line in lines)
 
 
+def _unwritable(path: str, problem: str) -> ConfigError:
+    directory = os.path.dirname(os.path.abspath(path))
+    return ConfigError("--subnet-file", None, path, f"cannot write subnet.env: {problem}",
+                       f"pass a writable path (default {DEFAULT_SUBNET_FILE}) or make {directory} "
+                       "a writable directory")
+
+
+def _ancestors(directory: str) -> list[str]:
+    parts = [directory]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    return parts
+
+
+def check_writable(path: str) -> None:
+    """Fail at start-up, before any hook runs, if subnet.env cannot be written there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in _ancestors(directory) if os.path.lexists(p)), directory)
+        problem = f"{blocker} is not a directory" if not os.path.isdir(blocker) else exc.strerror or str(exc)
+        raise _unwritable(path, problem) from None
+    if os.path.isdir(path):
+        raise _unwritable(path, "it is a directory")
+    if not os.access(directory, os.W_OK):
+        raise _unwritable(path, "the directory is not writable")
+
+
 def write(path: str, **fields) -> str:
     text = render(**fields)
-    write_atomic(path, text)
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise _unwritable(path, exc.strerror or str(exc)) from None
     return text
 
 

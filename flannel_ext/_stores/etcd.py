@@ -23,7 +23,7 @@ from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import out_of_subnets, plan_acquire
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
 from flannel_ext._stores.etcd_watch import Gateway, WatchStream, b64, parse_endpoints, prefix_end, unb64
-from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, display_key, parse_entry, parse_subnet_key
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,20 @@ class EtcdStore:
         return {e.key: e for e in entries}, int(reply["header"]["revision"])
 
     def _entry(self, kv: dict) -> _Entry:
-        key = unb64(kv["key"])[len(self._subnets):].decode("utf-8", "replace")
+        """One key-value as etcd returned it; a key or value flannel would not write (bad
+        UTF-8, deep nesting, huge...) becomes an entry with no lease and the reason."""
+        raw_key = unb64(kv["key"])[len(self._subnets):]
+        try:
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            key = display_key(raw_key)   # never a valid subnet key, so rejected below
         meta = dict(mod_revision=int(kv.get("mod_revision", 0)), lease_id=int(kv.get("lease", 0)),
                     create_revision=int(kv.get("create_revision", 0)))
         try:
-            subnet, ipv6_subnet = parse_subnet_key(key)
-            attrs = LeaseAttrs.from_json(unb64(kv.get("value", "")))
+            lease = parse_entry(key, unb64(kv.get("value", "")))
         except ValueError as exc:
             return _Entry(key, None, str(exc), **meta)
-        return _Entry(key, Lease(subnet, attrs, ipv6_subnet), **meta)
+        return _Entry(key, lease, **meta)
 
     def _resolve_expiries(self, lease_ids: set[int]) -> None:
         # flannel never extends a lease (each renewal is a new grant), so an ID's expiry is

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 
+from flannel_ext._util import gojson
 from flannel_ext._util.errors import ConfigError
-from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent
+from flannel_ext._stores.lease import MAX_VALUE_BYTES, Lease, LeaseAttrs, LeaseEvent
 
 DEFAULT_PREFIX = "flannel.alpha.coreos.com"
 # flannel calls regexp.MatchString, which is unanchored at the start: re.search, not match.
@@ -63,12 +64,19 @@ class AnnotationNames:
                 (ann.get(self.backend_v6_data), ann.get(self.backend_type), ann.get(self.public_ipv6)))
 
 
+def _metadata(node: dict) -> dict:
+    meta = node.get("metadata") if isinstance(node, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def annotations_of(node: dict) -> dict:
-    return (node.get("metadata") or {}).get("annotations") or {}
+    ann = _metadata(node).get("annotations")
+    return ann if isinstance(ann, dict) else {}
 
 
 def node_name(node: dict) -> str:
-    return (node.get("metadata") or {}).get("name") or ""
+    name = _metadata(node).get("name")
+    return name if isinstance(name, str) else ""
 
 
 def pod_cidrs(node: dict) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
@@ -87,9 +95,33 @@ def pod_cidrs(node: dict) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6N
     return v4, v6
 
 
-def _raw_data(text: str | None) -> str | None:
-    # The annotation holds raw JSON (flannel stores RawMessage bytes); empty means absent.
-    return text or None
+def _text(ann: dict, name: str, default: str | None = "") -> str | None:
+    """An annotation's value; annotations are strings, anything else is not flannel's."""
+    value = ann.get(name, default)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"annotation {name} is a {type(value).__name__}, not a string")
+    return value
+
+
+def _raw_data(ann: dict, name: str) -> str | None:
+    """The annotation holds raw JSON (flannel stores RawMessage bytes); empty means absent.
+    Decoded bounded here, so a huge or deeply nested value is one ValueError."""
+    text = _text(ann, name, None)
+    if not text:
+        return None
+    try:
+        gojson.decode(text, max_bytes=MAX_VALUE_BYTES)
+    except gojson.JSONError as exc:
+        raise ValueError(f"annotation {name} is not valid JSON: {exc}") from None
+    return text
+
+
+def _address(ann: dict, name: str, version: int) -> str:
+    """Go's net.ParseIP: no IPv6 zone (`%eth0`), which Python's ipaddress would accept."""
+    text = _text(ann, name) or ""
+    if "%" in text:
+        raise ValueError(f"annotation {name} {text[:60]!r} is not an IP address (it has a zone)")
+    return str(ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text))
 
 
 def node_to_lease(node: dict, names: AnnotationNames, enable_ipv4: bool = True,
@@ -99,20 +131,31 @@ def node_to_lease(node: dict, names: AnnotationNames, enable_ipv4: bool = True,
     v4, v6 = pod_cidrs(node)
     public_ip, public_ipv6, data, v6_data = "0.0.0.0", None, None, None
     if enable_ipv4:
-        public_ip = str(ipaddress.IPv4Address(ann.get(names.public_ip, "")))
-        data = _raw_data(ann.get(names.backend_data))
+        public_ip = _address(ann, names.public_ip, 4)
+        data = _raw_data(ann, names.backend_data)
         if v4 is None:
             raise ValueError("no IPv4 PodCIDR")
     if enable_ipv6:
-        public_ipv6 = str(ipaddress.IPv6Address(ann.get(names.public_ipv6, "")))
-        v6_data = _raw_data(ann.get(names.backend_v6_data))
+        public_ipv6 = _address(ann, names.public_ipv6, 6)
+        v6_data = _raw_data(ann, names.backend_v6_data)
         if v6 is None:
             raise ValueError("no IPv6 PodCIDR")
     attrs = LeaseAttrs(public_ip=public_ip, public_ipv6=public_ipv6,
-                       backend_type=ann.get(names.backend_type, ""),
-                       backend_data=data, backend_v6_data=v6_data)   # raises on bad JSON
+                       backend_type=_text(ann, names.backend_type) or "",
+                       backend_data=data, backend_v6_data=v6_data)
     return Lease(subnet=v4 if enable_ipv4 else None, attrs=attrs,
                  ipv6_subnet=v6 if enable_ipv6 else None, expiration=None)
+
+
+def _to_lease(node: dict, names: AnnotationNames, enable_ipv4: bool, enable_ipv6: bool) -> Lease:
+    """`node_to_lease`, exception-total: a Node object is untrusted input (anyone with
+    `patch nodes` writes it), so any failure is a ValueError, never a stalled watch."""
+    try:
+        return node_to_lease(node, names, enable_ipv4, enable_ipv6)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise ValueError(f"unparsable node ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def annotation_patch(node: dict, names: AnnotationNames, attrs: LeaseAttrs) -> dict[str, str]:
@@ -174,9 +217,9 @@ class NodeTracker:
         if known and not self._changed(known[0], keys):
             return []   # PodCIDR or unrelated change: flannel ignores it too
         try:
-            lease = node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6)
+            lease = _to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6)
         except ValueError as exc:
-            version = (node.get("metadata") or {}).get("resourceVersion", "")
+            version = _metadata(node).get("resourceVersion", "")
             if self.rejected.get(name) == version:
                 return []   # already reported (a resync sees the same object again)
             self.rejected[name] = version
@@ -194,7 +237,7 @@ class NodeTracker:
         if not self.names.managed(node):
             return []
         try:   # never seen (the watch started without a list): the final state will do
-            return [LeaseEvent.removed(node_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6))]
+            return [LeaseEvent.removed(_to_lease(node, self.names, self.enable_ipv4, self.enable_ipv6))]
         except ValueError:
             return []
 

@@ -7,7 +7,6 @@ last three omitted when empty, and PublicIPv6 always present (null when unset).
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -17,8 +16,11 @@ from flannel_ext._util import gojson
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
 
-# flannel's own regex (pkg/subnet/subnet.go), anchored at both ends here.
-_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+# flannel's own regex (pkg/subnet/subnet.go), matched in full with ASCII digits: Python's
+# `$` also matches before a trailing newline, and its `\d` matches any Unicode digit.
+_KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?", re.ASCII)
+#: A lease value bigger than this is rejected unparsed (flannel's own are ~150 bytes).
+MAX_VALUE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,30 +61,32 @@ class LeaseAttrs:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LeaseAttrs:
-        """Parse a lease value as Go would (case-insensitive keys); raises ValueError."""
+        """Parse a lease value as Go would (case-insensitive keys, the last match wins);
+        raises ValueError for anything else, whatever the input (bounded size and depth)."""
         try:
-            obj = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"lease value is not JSON: {exc}") from None
+            obj = gojson.decode(text, max_bytes=MAX_VALUE_BYTES)
+        except gojson.JSONError as exc:
+            raise ValueError(f"lease value is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ValueError("lease value is not a JSON object")
-        get = lambda name: gojson.loads_case_insensitive(obj, name)  # noqa: E731
+        fields = gojson.struct_fields(obj)
+        get = lambda name: fields.get(gojson.go_fold(name))  # noqa: E731
         public_ip, public_ipv6, backend_type = get("PublicIP"), get("PublicIPv6"), get("BackendType")
         for name, value in (("PublicIP", public_ip), ("PublicIPv6", public_ipv6), ("BackendType", backend_type)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} is not a string")
-
-        def raw(name):
-            value = get(name)
-            return None if value is None else gojson.dumps(value)
-
-        return cls(public_ip=public_ip or "0.0.0.0", public_ipv6=public_ipv6 or None,
-                   backend_type=backend_type or "", backend_data=raw("BackendData"),
-                   backend_v6_data=raw("BackendV6Data"))
+        data, v6_data = get("BackendData"), get("BackendV6Data")
+        attrs = cls.__new__(cls)   # the raw data is dumped canonical here: skip __post_init__'s pass
+        for name, item in (("public_ip", public_ip or "0.0.0.0"), ("public_ipv6", public_ipv6 or None),
+                           ("backend_type", backend_type or ""),
+                           ("backend_data", None if data is None else gojson.dumps(data)),
+                           ("backend_v6_data", None if v6_data is None else gojson.dumps(v6_data))):
+            object.__setattr__(attrs, name, item)
+        return attrs
 
     def backend_data_value(self):
         """The decoded BackendData (a str for extension leases), or None."""
-        return None if self.backend_data is None else json.loads(self.backend_data)
+        return None if self.backend_data is None else gojson.decode(self.backend_data)
 
 
 def subnet_key(subnet: IPv4Network | None, ipv6_subnet: IPv6Network | None = None) -> str:
@@ -94,17 +98,50 @@ def subnet_key(subnet: IPv4Network | None, ipv6_subnet: IPv6Network | None = Non
 
 
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
-    """Inverse of `subnet_key`; raises ValueError for anything flannel would not produce."""
-    match = _KEY_RE.match(key)
+    """Inverse of `subnet_key`; raises ValueError for anything flannel would not produce.
+
+    Only the canonical spelling is a key: `10.5.1.0-24\\n` or `fc00:0:0:1::` written
+    long would otherwise name the same subnets as the real key, and deleting such an
+    alias would remove the real lease.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"subnet key is {type(key).__name__}, not text")
+    match = _KEY_RE.fullmatch(key) if len(key) <= 100 else None
     if not match:
-        raise ValueError(f"malformed subnet key {key!r}")
+        raise ValueError(f"malformed subnet key {key[:100]!r}")
     ip, plen, ip6, plen6 = match.groups()
     try:
         v4 = ipaddress.IPv4Network(f"{ip}/{plen}")
         v6 = ipaddress.IPv6Network(f"{ip6}/{plen6}") if ip6 else None
     except ValueError as exc:
         raise ValueError(f"malformed subnet key {key!r}: {exc}") from None
+    if subnet_key(v4, v6) != key:
+        raise ValueError(f"subnet key {key!r} is not in canonical form ({subnet_key(v4, v6)!r})")
     return v4, v6
+
+
+def display_key(key: object) -> str:
+    """A printable, bounded text for any stored key (bytes, bad Unicode, not a string)."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        text = bytes(key)[:200].decode("utf-8", "backslashreplace")
+    else:
+        text = key[:200] if isinstance(key, str) else repr(key)[:200]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")   # lone surrogates, escaped
+
+
+def parse_entry(key: object, value: object, expiration: object = None) -> Lease:
+    """The Lease a stored entry holds; ValueError, and only that, whatever the key and value."""
+    if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, (int, float))):
+        raise ValueError(f"expiration {display_key(expiration)!r} is not a number")
+    try:
+        subnet, ipv6_subnet = parse_subnet_key(key)   # type: ignore[arg-type] # checked inside
+        attrs = LeaseAttrs.from_json(value)            # type: ignore[arg-type]
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no stored entry may stop a node
+        raise ValueError(f"unparsable entry ({type(exc).__name__})") from None
+    return Lease(subnet if subnet.prefixlen else None, attrs, ipv6_subnet,
+                 None if expiration is None else float(expiration))
 
 
 @dataclass(frozen=True)
@@ -152,5 +189,6 @@ class LeaseEvent:
         return cls(EventType.REMOVED, lease, lease.key)
 
     @classmethod
-    def rejected(cls, key: str, reason: str) -> LeaseEvent:
-        return cls(EventType.REJECTED, None, key, reason)
+    def rejected(cls, key: object, reason: str) -> LeaseEvent:
+        """`key` may be anything a store holds (bytes, bad Unicode): it is made printable."""
+        return cls(EventType.REJECTED, None, display_key(key), reason)

@@ -27,7 +27,7 @@ from flannel_ext._util import inotify
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
-from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_entry, parse_subnet_key
 
 DEFAULT_PATH = paths.STORE_PATH
 HISTORY = 10000
@@ -56,14 +56,22 @@ def _key_subnets(key: str):
     return v4 if v4.prefixlen else None, v6
 
 
-def _parse(key: str, value: str, expiration: float | None) -> Lease | LeaseEvent:
-    """A Lease from a stored row, or a REJECTED event saying what is wrong with it."""
+def _parse(key: object, value: object, expiration: object) -> Lease | LeaseEvent:
+    """A Lease from a stored row, or a REJECTED event saying what is wrong with it.
+    Rows are untrusted: any writer of the file can store BLOBs, numbers or bad UTF-8."""
     try:
-        subnet, ipv6 = parse_subnet_key(key)
-        attrs = LeaseAttrs.from_json(value)
+        return parse_entry(key, value, expiration)
     except ValueError as exc:
         return LeaseEvent.rejected(key, str(exc))
-    return Lease(subnet if subnet.prefixlen else None, attrs, ipv6, expiration)
+
+
+def _text(data: bytes) -> str | bytes:
+    """sqlite3 text_factory: TEXT that is not UTF-8 stays bytes (then rejected as a lease)
+    instead of failing the whole SELECT with OperationalError."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 class SqliteStore:
@@ -103,6 +111,7 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
+        conn.text_factory = _text
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
         with self._writer_turn():
@@ -169,17 +178,18 @@ class SqliteStore:
                       "value = excluded.value, expiration = excluded.expiration, "
                       "revision = excluded.revision", (key, value, expiration, rev))
 
-    def _delete(self, conn, key: str, type_: str = "delete") -> bool:
-        row = conn.execute("DELETE FROM leases WHERE key = ? RETURNING value, expiration",
+    def _delete(self, conn, key: object, type_: str = "delete", column: str = "key") -> bool:
+        row = conn.execute(f"DELETE FROM leases WHERE {column} = ? RETURNING key, value, expiration",
                            (key,)).fetchone()
         if row:
-            self._event(conn, key, type_, row[0], row[1])
+            self._event(conn, row[0], type_, row[1], row[2])
         return row is not None
 
     def _sweep_in(self, conn, now: float) -> int:
-        keys = conn.execute("SELECT key FROM leases WHERE expiration <= ? ORDER BY expiration",
+        # By rowid: a key that does not read back as it was written (bad UTF-8) still goes.
+        rows = conn.execute("SELECT rowid FROM leases WHERE expiration <= ? ORDER BY expiration",
                             (now,)).fetchall()
-        return sum(self._delete(conn, key, "expire") for (key,) in keys)
+        return sum(self._delete(conn, rowid, "expire", "rowid") for (rowid,) in rows)
 
     def _sweep(self, conn) -> bool:
         """Expire due rows; a cheap read first so a quiet store never takes the write lock."""
@@ -205,7 +215,7 @@ class SqliteStore:
         leases = []
         for key, value, exp in conn.execute("SELECT key, value, expiration FROM leases WHERE "
                                             "expiration IS NULL OR expiration > ?", (self.clock(),)):
-            if public_ip in value and isinstance(item := _parse(key, value, exp), Lease):
+            if isinstance(value, str) and public_ip in value and isinstance(item := _parse(key, value, exp), Lease):
                 leases.append(item)
             elif (subnets := _key_subnets(key)) is not None:
                 leases.append(Lease(subnets[0], _SOMEONE, subnets[1], exp))
@@ -345,7 +355,8 @@ class _Watcher:
                 if stop.is_set():
                     return
             timeout = max(0.0, HEARTBEAT - (time.monotonic() - last_yield))
-            nxt = conn.execute("SELECT min(expiration) FROM leases").fetchone()[0]
+            nxt = conn.execute("SELECT min(expiration) FROM leases WHERE typeof(expiration) "
+                               "IN ('integer', 'real')").fetchone()[0]
             if nxt is not None:
                 timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
             events = notifier.wait(timeout) if notifier else time.sleep(timeout) or []

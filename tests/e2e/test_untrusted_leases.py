@@ -55,13 +55,13 @@ def test_shell_payloads_never_execute(underlay, netns_prefix, tmp_path, daemons)
         store.put_raw("10.99.1.0-24", '{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"extension"}')
         store.put_raw("10.70.90.0-25", '{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"extension"}')
         store.put_raw("10.70.91.0-24", '{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"extension",'
-                                       '"BackendData":{"x":"$(touch %s)"}}' % marker)
+                                       f'"BackendData":{{"x":"$(touch {marker})"}}}}')
         store.put_raw("10.70.92.0-24", '{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"extension",'
                                        '"BackendData":"a\\u0000b"}')
         store.put_raw("10.70.93.0-24", json.dumps({"PublicIP": "192.168.77.9", "PublicIPv6": None,
                                                    "BackendType": "extension", "BackendData": "x" * 5000}))
         store.put_raw("10.70.94.0-24", '{"PublicIP":"224.0.0.1","PublicIPv6":null,"BackendType":"extension"}')
-        store.put_raw("10.70.95.0-24", "not json; touch %s" % marker)
+        store.put_raw("10.70.95.0-24", f"not json; touch {marker}")
         bad += 7
     finally:
         store.close()

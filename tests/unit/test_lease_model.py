@@ -87,10 +87,26 @@ def test_subnet_keys(subnet, ipv6, key):
     "10.5.1.0-24&FC00::-64",  # flannel's regex only knows lower-case hex
     "10.5.1.0-24&fc00::-", "10.5.1.0-24&fc00::-129", "10.5.1.0-24&", "config",
     "10.5.1.0-24&fc00::1-64",
+    "10.5.1.0-24\n", "10.5.1.0-24&fc00:0:0:2::-64\n",   # Python's `$` would match before the newline
+    "١٠.٥.١.٠-٢٤",                                          # `\d` is ASCII only, as in Go
 ])
 def test_malformed_keys_are_rejected(key):
     with pytest.raises(ValueError, match="malformed subnet key"):
         parse_subnet_key(key)
+
+
+@pytest.mark.parametrize("key", ["10.5.1.0-024", "10.5.1.0-24&fc00:0:0:2:0:0:0:0-64",
+                                 "10.5.1.0-24&fc00:0::2:0:0:0:0-64"])
+def test_only_the_canonical_spelling_is_a_key(key):
+    # Another spelling of the same subnets would alias the real key (and its deletion).
+    with pytest.raises(ValueError, match="canonical"):
+        parse_subnet_key(key)
+
+
+def test_duplicate_keys_the_last_match_wins_as_in_go():
+    # Go assigns each matching key in order (golang/go#43664): the last one wins, exact or not.
+    attrs = LeaseAttrs.from_json('{"PublicIP":"10.0.0.7","publicip":"10.0.0.8","BackendType":"extension"}')
+    assert attrs.public_ip == "10.0.0.8"
 
 
 def test_lease_events():

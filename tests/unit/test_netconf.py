@@ -365,3 +365,74 @@ def test_text_is_kept(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(conf(Network="10.0.0.0/16"))
     assert load_netconf(path).text == path.read_text()
+
+
+# --- hostile input (issue 11): one clear line, never a traceback or a hang -------------------
+
+def test_deep_nesting_is_one_line():
+    exc = error('{"Network": "10.0.0.0/16", "Backend": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert "nested more than 64 levels deep" in exc.problem and "right file" in exc.fix
+
+
+def test_lone_surrogate_is_one_line():
+    assert "surrogate" in error(conf(Network="10.0.0.0/16", Backend={"Type": "extension\ud800"})).problem
+
+
+def test_kelvin_sign_and_long_s_match_as_in_go():
+    c = parse_netconf('{"Network": "10.1.0.0/16", "\u017fubnetLen": 26, "Bac\u212aend": {"Type": "extension"}}')
+    assert c.subnet_len == 26 and c.backend_type == "extension"
+
+
+def test_case_variant_duplicates_in_backend_last_one_wins():
+    c = parse_netconf(conf(Network="10.1.0.0/16", Backend={"Type": "extension", "SubnetAddCommand": "a",
+                                                          "subnetaddcommand": "b"}))
+    assert c.commands == {"SubnetAddCommand": "b"} and c.backend_option("SUBNETADDCOMMAND") == "b"
+
+
+@pytest.mark.parametrize("hook", ["/etc/passwd:Foo", "hooks/x.txt:Foo", "hooks/my_hook:Foo", "./x.pyc:A"])
+def test_hook_file_must_end_in_py(hook):
+    exc = error(conf(Network="10.0.0.0/16", Backend={"Type": "extension", "Hook": hook}))
+    assert exc.field == "Backend.Hook" and "ending in .py" in exc.problem
+
+
+@pytest.mark.parametrize("hook", ["vxlan", "pkg.module:Class", "hooks/my_hook.py:MyHook"])
+def test_hook_names_modules_and_py_files_pass(hook):
+    assert parse_netconf(conf(Network="10.0.0.0/16", Backend={"Type": "extension", "Hook": hook})).hook == hook
+
+
+@pytest.mark.timeout(10)
+def test_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "net-conf.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="it is a FIFO, not a regular file"):
+        load_netconf(fifo)
+
+
+@pytest.mark.timeout(10)
+def test_endless_device_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="character device"):
+        load_netconf("/dev/zero")
+
+
+def test_oversized_file_is_refused(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(conf(Network="10.0.0.0/16") + " " * (1 << 20))
+    with pytest.raises(ConfigError, match="over 1048576 bytes"):
+        load_netconf(path)
+
+
+@pytest.mark.timeout(60)
+def test_unwritable_subnet_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / "c.json"
+    path.write_text(conf(Network="10.0.0.0/16"))
+    out = subprocess.run([sys.executable, "-m", "flannel_ext", "run", "--net-conf", str(path), "--store",
+                          f"sqlite:{tmp_path}/l.db", "--subnet-file", f"{tmp_path}/afile/subnet.env"],
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"flannel-ext: error: --subnet-file: cannot write subnet.env: {tmp_path}/afile is not a directory "
+        f"(got '{tmp_path}/afile/subnet.env'); pass a writable path (default /run/flannel/subnet.env) or "
+        f"make {tmp_path}/afile a writable directory"]
