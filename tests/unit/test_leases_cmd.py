@@ -46,7 +46,7 @@ def check_json(out: subprocess.CompletedProcess) -> None:
     assert two["backend_data"] == {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"} and two["expiration"] is None
     assert (three["ipv6_subnet"], three["public_ipv6"]) == ("fd00:10:244:3::/64", "fd00::12")
     assert [r["key"] for r in doc["rejected"]] == ["10.244.4.0-24"]
-    assert "not JSON" in doc["rejected"][0]["reason"]
+    assert "not valid JSON" in doc["rejected"][0]["reason"]
 
 
 def check_table(out: subprocess.CompletedProcess) -> None:
