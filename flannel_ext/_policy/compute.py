@@ -62,7 +62,8 @@ class Cluster:
             raise PolicyRejected("document", source, "generation", "must be an integer")
         lists = []
         for key in ("namespaces", "pods", "networkpolicies"):
-            value = doc.get(key) or []
+            value = doc.get(key)
+            value = [] if value is None else value
             if not isinstance(value, list):
                 raise PolicyRejected("document", source, key, "must be a list")
             lists.append(value)
@@ -191,6 +192,8 @@ def connection_allowed(states: dict[str, PolicyState], pods: dict[str, Pod], src
                        protocol: str, port: int) -> bool:
     """Whether pod `src` may open a connection to pod `dst` (keys "ns/name"), given every
     node's state: egress on the source's node and ingress on the destination's node."""
+    if src == dst:
+        return True   # a pod reaching its own IP never leaves it (loopback)
     s, d = pods[src], pods[dst]
     out = states[s.node].allows(EGRESS, s.ip or "", d.ip or "", protocol, port)
     return out and states[d.node].allows(INGRESS, d.ip or "", s.ip or "", protocol, port)
