@@ -185,6 +185,22 @@ def render_diff(old: Ruleset, new: Ruleset, table: str = TABLE) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _enable_bridge_netfilter(path: str) -> str:
+    """Set the (per-namespace) sysctl to 1, loading br_netfilter if needed; "" or the error."""
+    try:
+        with open(path, encoding="ascii") as f:
+            if f.read().strip() == "1":
+                return ""   # already on (on a cluster, the manifest's init container sets it)
+    except FileNotFoundError:
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write("1\n")
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
 class NftablesPolicy(PolicyHook):
     """Enforce a PolicyState with nftables (see the module docstring for the layout)."""
 
@@ -210,15 +226,15 @@ class NftablesPolicy(PolicyHook):
         The sysctl is per network namespace: this changes only the node's own."""
         if self._bridged:
             return
-        argv = ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]
-        argv = ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:   # br_netfilter is a module on most distributions
-            subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
+        path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if self.netns:   # tests and tools driving another namespace
+            argv = ["ip", "netns", "exec", self.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]
+            error = subprocess.run(argv, capture_output=True, text=True, timeout=30).stderr.strip()
+        else:
+            error = _enable_bridge_netfilter(path)
+        if error:
             self.log.warning("cannot enable br_netfilter (%s): traffic between pods on the same "
-                             "node is not filtered", proc.stderr.strip() or proc.returncode)
+                             "node is not filtered", error)
         self._bridged = True
 
     def apply(self, state: PolicyState) -> None:
