@@ -7,7 +7,9 @@ label set, so a cluster of a thousand pods with a few distinct label sets is che
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -71,31 +73,37 @@ class Cluster:
 
 
 class _Resolver:
-    """Selector matching with a cache keyed by (selector, label set)."""
+    """Selector matching and peer resolution, cached for one computation.
+
+    Matches are cached per (selector object, distinct label set), and a rule's peers per
+    `_peer_key`, so 200 policies repeating a few peer shapes resolve each shape once."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self._cache: dict[tuple[LabelSelector, frozenset], bool] = {}
-        self._label_keys: dict[int, frozenset] = {}
+        self._match: dict[tuple[int, int], bool] = {}
+        self._label_set: dict[int, int] = {}
+        self._interned: dict[frozenset, int] = {}
+        self.peers_by_key: dict[str, RulePeers] = {}
         self.pods_by_ns: dict[str, list[Pod]] = defaultdict(list)
         for pod in cluster.pods:
             if pod.ip:
                 self.pods_by_ns[pod.namespace].append(pod)
 
     def matches(self, selector: LabelSelector, labels: dict[str, str]) -> bool:
-        frozen = self._label_keys.get(id(labels))
-        if frozen is None:
-            frozen = self._label_keys[id(labels)] = frozenset(labels.items())
-        key = (selector, frozen)
-        hit = self._cache.get(key)
+        set_id = self._label_set.get(id(labels))
+        if set_id is None:
+            set_id = self._label_set[id(labels)] = self._interned.setdefault(frozenset(labels.items()),
+                                                                                len(self._interned))
+        key = (id(selector), set_id)
+        hit = self._match.get(key)
         if hit is None:
-            hit = self._cache[key] = selector.matches(labels)
+            hit = self._match[key] = selector.matches(labels)
         return hit
 
     def selected(self, policy: NetworkPolicy) -> list[Pod]:
         return [p for p in self.pods_by_ns.get(policy.namespace, ()) if self.matches(policy.pod_selector, p.labels)]
 
-    def peers(self, policy: NetworkPolicy, rule: Rule) -> tuple[list[Pod], list]:
+    def peer_pods(self, policy: NetworkPolicy, rule: Rule) -> tuple[list[Pod], list]:
         """The pods and the networks (ipBlock minus except) one rule's peers select."""
         pods: dict[str, Pod] = {}
         nets: list = []
@@ -114,13 +122,70 @@ class _Resolver:
                         pods[pod.key] = pod
         return list(pods.values()), nets
 
+    def rule_peers(self, policy: NetworkPolicy, rule: Rule, direction: str) -> RulePeers:
+        key = _peer_key(policy, rule, direction)
+        found = self.peers_by_key.get(key)
+        if found is None:
+            peer_id = hashlib.sha1(key.encode()).hexdigest()[:16]
+            if not rule.peers:
+                pods = [p for p in self.cluster.pods if p.ip] if direction == EGRESS else []
+                found = RulePeers(peer_id, direction, any=True, named=_named(rule, pods, direction))
+            else:
+                pods, nets = self.peer_pods(policy, rule)
+                found = RulePeers(peer_id, direction, cidrs=_cidrs(pods, nets), named=_named(rule, pods, direction))
+            self.peers_by_key[key] = found
+        return found
+
+
+def _peer_key(policy: NetworkPolicy, rule: Rule, direction: str) -> str:
+    """A canonical text for "who this rule allows": equal for rules that allow the same peers
+    (and, for egress, the same named ports), whichever policy they are in."""
+    def selector(sel: LabelSelector | None):
+        if sel is None:
+            return None
+        return [list(sel.match_labels), sorted([r.key, r.operator, sorted(r.values)] for r in sel.expressions)]
+    peers = []
+    for peer in rule.peers:
+        if peer.ip_block is not None:
+            peers.append(["ip", str(peer.ip_block.cidr), sorted(str(e) for e in peer.ip_block.excepts)])
+        else:
+            where = policy.namespace if peer.namespace_selector is None else None
+            peers.append([where, selector(peer.namespace_selector), selector(peer.pod_selector)])
+    named = sorted([str(s.port), s.protocol] for s in rule.ports if isinstance(s.port, str)) \
+        if direction == EGRESS else []
+    return json.dumps([direction, sorted(peers, key=json.dumps), named])
+
 
 def _cidrs(pods: list[Pod], nets: list) -> tuple[str, ...]:
+    """Pod IPs and networks as disjoint, sorted CIDRs (adjacent addresses merged)."""
+    v4: list[tuple[int, int]] = []
+    v6: list = []
+    for net in nets:
+        if net.version == 4:
+            v4.append((int(net.network_address), int(net.broadcast_address)))
+        else:
+            v6.append(net)
+    for pod in pods:
+        if pod.ip and ":" not in pod.ip:
+            a, b, c, d = (int(x) for x in pod.ip.split("."))
+            n = (a << 24) | (b << 16) | (c << 8) | d
+            v4.append((n, n))
+        elif pod.ip:
+            v6.append(ipaddress.ip_network(pod.ip))
+    merged: list[list[int]] = []
+    for start, end in sorted(v4):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
     out = []
-    for version in (4, 6):
-        members = [n for n in nets if n.version == version] + \
-            [ipaddress.ip_network(p.ip) for p in pods if p.ip and ipaddress.ip_address(p.ip).version == version]
-        out.extend(str(n) for n in ipaddress.collapse_addresses(members))
+    for start, end in merged:
+        if start == end:
+            out.append(f"{ipaddress.IPv4Address(start)}/32")
+        else:
+            out.extend(str(n) for n in ipaddress.summarize_address_range(
+                ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)))
+    out.extend(str(n) for n in ipaddress.collapse_addresses(v6))
     return tuple(out)
 
 
@@ -139,21 +204,16 @@ def _ports(rule: Rule, pod: Pod | None) -> tuple[PortRange, ...] | None:
     return tuple(dict.fromkeys(out))
 
 
-def _rule_peers(resolver: _Resolver, policy: NetworkPolicy, rule: Rule, rule_id: str,
-                direction: str) -> RulePeers:
-    if not rule.peers:
-        pods = [p for p in resolver.cluster.pods if p.ip] if direction == EGRESS else []
-        return RulePeers(rule_id, direction, any=True, named=_named(rule, pods, direction))
-    pods, nets = resolver.peers(policy, rule)
-    return RulePeers(rule_id, direction, cidrs=_cidrs(pods, nets), named=_named(rule, pods, direction))
-
-
 def _named(rule: Rule, pods: list[Pod], direction: str) -> tuple[tuple[str, str, int], ...]:
     """Egress named ports resolve per destination pod, so they travel with the peers."""
     named = [s for s in rule.ports if isinstance(s.port, str)] if direction == EGRESS else []
     out = {(pod.ip, spec.protocol, number) for spec in named for pod in pods
            if pod.ip and (number := pod.named_port(str(spec.port), spec.protocol)) is not None}
     return tuple(sorted(out))
+
+
+def _has_named(rule: Rule) -> bool:
+    return any(isinstance(s.port, str) for s in rule.ports)
 
 
 def compute_state(cluster: Cluster, node: str, node_ips: Iterable[str] = ()) -> PolicyState:
@@ -171,12 +231,14 @@ def compute_state(cluster: Cluster, node: str, node_ips: Iterable[str] = ()) -> 
                 continue
             for pod in targets:
                 allows[direction].setdefault(pod.key, [])   # isolated, even with no rules
-            for i, rule in enumerate(policy_rules):
-                rule_id = f"{policy.key}/{direction}/{i}"
-                rules[rule_id] = _rule_peers(resolver, policy, rule, rule_id, direction)
+            for rule in policy_rules:
+                peers = resolver.rule_peers(policy, rule, direction)
+                rules[peers.id] = peers
+                per_pod = direction == INGRESS and _has_named(rule)   # named: the target's numbers
+                shared = None if per_pod else _ports(rule, None)
                 for pod in targets:
-                    ports = _ports(rule, pod if direction == INGRESS else None)
-                    allows[direction][pod.key].append(Allow(rule_id, ports))
+                    ports = _ports(rule, pod) if per_pod else shared
+                    allows[direction][pod.key].append(Allow(peers.id, ports))
     pods = {}
     for pod in cluster.pods:
         if pod.key in local and pod.ip:

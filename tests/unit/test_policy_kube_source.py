@@ -74,6 +74,9 @@ def test_relists_after_410_gone(source, kube_api):  # noqa: F811
     next_cluster(got)
     # Break the watches' connections and compact, so each watch resumes from a version
     # older than the history: the server answers 410 and the source must list again.
+    from flannel_ext.testing import wait_for
+    wait_for(lambda: len(src._streams) == 3 and all(getattr(w, "_resp", None) for w in src._streams.values()),
+             10, what="three open watches")
     kube_api.compact()
     for stream in list(src._streams.values()):
         stream.stop()
