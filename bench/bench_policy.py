@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flannel_ext._policy.compute import Cluster, compute_state  # noqa: E402
-from flannel_ext._policy.nftables import NftablesPolicy, build_ruleset, render_full  # noqa: E402
-from flannel_ext._policy.state import EGRESS, INGRESS, PolicyState  # noqa: E402
-from flannel_ext._util.netns import create_netns, delete_netns, sh  # noqa: E402
+from flannel_ext._policy.compute import Cluster, PolicyComputer, compute_state
+from flannel_ext._policy.nftables import NftablesPolicy, build_ruleset, render_full
+from flannel_ext._policy.state import EGRESS, INGRESS, PolicyState
+from flannel_ext._util.netns import create_netns, delete_netns, sh
 
 NODE = "n1"
 PREFIX = f"bpol{os.getpid()}-"
@@ -147,7 +147,7 @@ def control_plane(node_ns: str) -> list[tuple[str, float]]:
     t_parse, cluster = timed(cluster_objects)
     rows.append(("parse 1,000 pods + 200 policies", t_parse))
     t_compute, state = timed(lambda: compute_state(cluster, NODE))
-    rows.append(("compute the node's state", t_compute))
+    rows.append(("compute the node's state (from scratch)", t_compute))
     t_render, script = timed(lambda: render_full(build_ruleset(state)))
     rows.append(("render the full ruleset", t_render))
     t_full, _ = timed(lambda: hook.apply(state))
@@ -156,14 +156,16 @@ def control_plane(node_ns: str) -> list[tuple[str, float]]:
           f"{len(build_ruleset(state).chains)} pod chains", file=sys.stderr)
     for what, relabel in (("peer label change (tier web→db)", {0: {"tier": "db"}}),
                           ("target label change (app-0→app-1)", {0: {"app": "app-1"}})):
-        changed = cluster_objects(2, relabel)
-        t_state, new = timed(lambda: compute_state(changed, NODE))
-        t_apply, _ = timed(lambda: hook.update(state, new))
+        computer = PolicyComputer(NODE)   # as the agent keeps one: the base state first
+        base = computer.compute(cluster_objects())
+        hook.apply(base)
+        changed = cluster_objects(2, relabel)   # the source's next snapshot (parse not timed)
+        t_state, new = timed(lambda c=changed, pc=computer: pc.compute(c))
+        t_apply, _ = timed(lambda n=new, b=base: hook.update(b, n))
         print(f"{what}: {hook.last_script.count(chr(10))} nft lines", file=sys.stderr)
-        rows.append((f"{what}: compute", t_state))
+        rows.append((f"{what}: compute (incremental)", t_state))
         rows.append((f"{what}: diff + `nft -f`", t_apply))
         rows.append((f"{what}: total", t_state + t_apply))
-        hook.apply(state)   # back to the base for the next case
     hook.clear()
     return rows
 

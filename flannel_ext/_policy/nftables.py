@@ -30,9 +30,9 @@ import hashlib
 import subprocess
 from dataclasses import dataclass, field
 
-from flannel_ext._util.errors import CommandError
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.state import EGRESS, INGRESS, PodPolicy, PolicyState, RulePeers
+from flannel_ext._util.errors import CommandError
 
 TABLE = "flannel-ext-policy"
 _PEERS_TYPE = "type ipv4_addr; flags interval;"
@@ -57,7 +57,7 @@ def _digest(rule_id: str) -> str:
 
 
 def _element(cidr: str) -> str:
-    return cidr[:-3] if cidr.endswith("/32") else cidr
+    return cidr.removesuffix("/32")
 
 
 def _chain_name(direction: str, ip: str) -> str:
@@ -177,7 +177,7 @@ def render_diff(old: Ruleset, new: Ruleset, table: str = TABLE) -> str:
             continue
         if before is None:
             lines.append(f"add set {t} {name} {{ {kind} }}")
-            gone, added = frozenset(), elems
+            gone, added = frozenset[str](), elems
         else:
             gone, added = before[1] - elems, elems - before[1]
         if gone:
@@ -212,7 +212,7 @@ def _enable_bridge_netfilter(path: str) -> str:
             if f.read().strip() == "1":
                 return ""   # already on (on a cluster, the manifest's init container sets it)
     except FileNotFoundError:
-        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30, check=False)
     try:
         with open(path, "w", encoding="ascii") as f:
             f.write("1\n")
@@ -237,7 +237,7 @@ class NftablesPolicy(PolicyHook):
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.last_script = script
-        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, stderr=proc.stderr, hook="nftables")
 
@@ -250,7 +250,7 @@ class NftablesPolicy(PolicyHook):
         path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
         if self.netns:   # tests and tools driving another namespace
             argv = ["ip", "netns", "exec", self.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]
-            error = subprocess.run(argv, capture_output=True, text=True, timeout=30).stderr.strip()
+            error = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stderr.strip()
         else:
             error = _enable_bridge_netfilter(path)
         if error:

@@ -12,8 +12,8 @@ a peer's labels change.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 INGRESS, EGRESS = "ingress", "egress"
 

@@ -95,7 +95,7 @@ def node(netns_prefix):
 def reach(ns: str, dst: str, port: int, proto: str = "TCP") -> bool:
     ip = PODS[dst][0]
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, proto, ip, str(port)],
-                          timeout=10).returncode == 0
+                          timeout=10, check=False).returncode == 0
 
 
 def cluster(policies, labels=None, generation=1) -> Cluster:

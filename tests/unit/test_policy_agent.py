@@ -77,7 +77,7 @@ def test_every_replacement_is_applied_and_reported(running):
 
 
 def test_rejected_policies_are_listed_and_counted(running):
-    hook, agent, path = running
+    _, agent, path = running
     bad = {"metadata": {"name": "bad", "namespace": "x"}, "spec": {"podSelector": {}, "egress": [{"to": [
         {"ipBlock": {"cidr": "300.0.0.0/8"}}]}]}}
     good = {"metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}}
@@ -103,7 +103,7 @@ def test_unreadable_document_keeps_the_last_good_policy(running):
 
 def test_failed_update_falls_back_to_apply_and_failed_apply_is_retried(tmp_path):
     hook = Recorder()
-    agent = PolicyAgent(hook, "n1", str(tmp_path), node_ips=lambda: [])
+    agent = PolicyAgent(hook, "n1", str(tmp_path), node_ips=list)
     from flannel_ext._policy.compute import Cluster
     agent.process(Cluster.from_document(json.loads(document(1))))
     hook.fail_update = True

@@ -60,12 +60,12 @@ def test_initial_list_then_watch_events(source, kube_api):  # noqa: F811
 
 
 def test_unknown_fields_reach_validation(source, kube_api):  # noqa: F811
-    src, got = source
+    _, got = source
     next_cluster(got)
     bad = {"metadata": {"name": "bad", "namespace": "x"}, "spec": {"podSelector": {}, "ingres": []}}
     kube_api.put("networkpolicies", bad)
     cluster = next_cluster(got, lambda c: c.generation == kube_api.resource_version)
-    assert [str(r) for r in cluster.rejected][0].startswith("NetworkPolicy x/bad: spec.ingres: unknown field")
+    assert str(cluster.rejected[0]).startswith("NetworkPolicy x/bad: spec.ingres: unknown field")
     assert [p.name for p in cluster.policies] == ["deny"]
 
 
@@ -87,7 +87,7 @@ def test_relists_after_410_gone(source, kube_api):  # noqa: F811
 
 
 def test_pod_without_ip_waits_for_one(source, kube_api):  # noqa: F811
-    src, got = source
+    _, got = source
     next_cluster(got)
     kube_api.put("pods", pod("c", {"app": "db"}, ip=None))
     cluster = next_cluster(got, lambda c: c.generation == kube_api.resource_version)
