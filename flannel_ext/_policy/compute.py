@@ -1,9 +1,10 @@
 """From namespaces, pods and policies to one node's `PolicyState`.
 
 `Cluster` is what a source delivers (the file document or the Kubernetes objects);
-`compute_state` resolves, for the node's own pods with an IP, which policies select them
-per direction and which peers and ports each rule allows. Selector results are cached by
-label set, so a cluster of a thousand pods with a few distinct label sets is cheap.
+`PolicyComputer` resolves, for the node's own pods with an IP, which policies select them
+per direction and which peers and ports each rule allows, and between two snapshots that
+differ only in pods it redoes only what those pods touch. `compute_state` is the one-shot
+form; `connection_allowed` reads several nodes' states as one cluster would.
 """
 from __future__ import annotations
 
