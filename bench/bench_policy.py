@@ -7,13 +7,14 @@ selectors, named and numeric ports, an ipBlock with except, and egress on a quar
 * control plane: compute the node's state, build the full nftables ruleset (one `nft -f`),
   then apply one pod's label change incrementally; baseline: `nft -f` of an empty table;
 * data path: new TCP connections per second between two real pods (namespaces, veths,
-  a `cni0` bridge in a node namespace) with no policy, with the 200 policies loaded (sets +
-  verdict maps), and with a naive ruleset of one rule per allowed (peer, pod, ports) pair.
+  a `cni0` bridge in a node namespace) with no policy, with conntrack alone (what any
+  stateful policy costs), with the 200 policies loaded (sets + verdict maps), and with a
+  naive ruleset of one rule per allowed (peer, pod, ports) pair.
   The three are measured in alternation, several rounds, and compared by median.
 
 Everything lives in namespaces named ``bpol<pid>-*`` that are always removed:
 
-    sudo python3 bench/bench_policy.py [--seconds 2] [--rounds 3]
+    sudo python3 bench/bench_policy.py [--seconds 2] [--rounds 3] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -138,36 +139,41 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def control_plane(node_ns: str) -> list[tuple[str, float]]:
+def control_plane(node_ns: str, repeat: int) -> list[tuple[str, float]]:
+    """Each step `repeat` times; the median is reported (the machine is shared)."""
     hook = NftablesPolicy(netns=node_ns)
-    rows = []
-    t_empty = min(timed(lambda: hook.run_nft("add table inet empty\ndelete table inet empty\ntable inet empty {}\n"))[0]
-                  for _ in range(5))
-    rows.append(("baseline: `nft -f` of an empty table", t_empty))
-    t_parse, cluster = timed(cluster_objects)
-    rows.append(("parse 1,000 pods + 200 policies", t_parse))
-    t_compute, state = timed(lambda: compute_state(cluster, NODE))
-    rows.append(("compute the node's state (from scratch)", t_compute))
-    t_render, script = timed(lambda: render_full(build_ruleset(state)))
-    rows.append(("render the full ruleset", t_render))
-    t_full, _ = timed(lambda: hook.apply(state))
-    rows.append(("full build: render + one `nft -f` transaction", t_full))
-    print(f"full ruleset: {script.count(chr(10))} lines, {len(build_ruleset(state).sets)} sets, "
+    samples: dict[str, list[float]] = {}
+
+    def record(what: str, secs: float) -> None:
+        samples.setdefault(what, []).append(secs)
+
+    for _ in range(repeat):
+        record("baseline: `nft -f` of an empty table", timed(lambda: hook.run_nft(
+            "add table inet empty\ndelete table inet empty\ntable inet empty {}\n"))[0])
+        t_parse, cluster = timed(cluster_objects)
+        record("parse 1,000 pods + 200 policies", t_parse)
+        t_compute, state = timed(lambda c=cluster: compute_state(c, NODE))
+        record("compute the node's state (from scratch)", t_compute)
+        record("render the full ruleset", timed(lambda s=state: render_full(build_ruleset(s)))[0])
+        t_full = timed(lambda s=state: hook.apply(s))[0]
+        record("full build: render + one `nft -f` transaction", t_full)
+        record("full build: compute + render + `nft -f`", t_compute + t_full)
+        for what, relabel in (("peer label change (tier web→db)", {0: {"tier": "db"}}),
+                              ("target label change (app-0→app-1)", {0: {"app": "app-1"}})):
+            computer = PolicyComputer(NODE)   # as the agent keeps one: the base state first
+            base = computer.compute(cluster_objects())
+            hook.apply(base)
+            changed = cluster_objects(2, relabel)   # the source's next snapshot (parse not timed)
+            t_state, new = timed(lambda c=changed, pc=computer: pc.compute(c))
+            t_apply, _ = timed(lambda n=new, b=base: hook.update(b, n))
+            record(f"{what}: compute (incremental)", t_state)
+            record(f"{what}: diff + `nft -f`", t_apply)
+            record(f"{what}: total", t_state + t_apply)
+    script = render_full(build_ruleset(state))
+    print(f"full ruleset: {script.count(chr(10))} nft lines, {len(build_ruleset(state).sets)} sets, "
           f"{len(build_ruleset(state).chains)} pod chains", file=sys.stderr)
-    for what, relabel in (("peer label change (tier web→db)", {0: {"tier": "db"}}),
-                          ("target label change (app-0→app-1)", {0: {"app": "app-1"}})):
-        computer = PolicyComputer(NODE)   # as the agent keeps one: the base state first
-        base = computer.compute(cluster_objects())
-        hook.apply(base)
-        changed = cluster_objects(2, relabel)   # the source's next snapshot (parse not timed)
-        t_state, new = timed(lambda c=changed, pc=computer: pc.compute(c))
-        t_apply, _ = timed(lambda n=new, b=base: hook.update(b, n))
-        print(f"{what}: {hook.last_script.count(chr(10))} nft lines", file=sys.stderr)
-        rows.append((f"{what}: compute (incremental)", t_state))
-        rows.append((f"{what}: diff + `nft -f`", t_apply))
-        rows.append((f"{what}: total", t_state + t_apply))
     hook.clear()
-    return rows
+    return [(what, statistics.median(values)) for what, values in samples.items()]
 
 
 CLIENT_POD, SERVER_POD = 998, 999   # the last pods, so a rule-per-pair ruleset walks them last
@@ -208,7 +214,11 @@ def data_path(node_ns: str, seconds: float, rounds: int) -> list[tuple[str, floa
         assert state.allows(INGRESS, pod_ip(SERVER_POD), pod_ip(CLIENT_POD), "TCP", 8080)
         hook = NftablesPolicy(netns=node_ns)
         naive, naive_rules = naive_script(state, "naive")
+        conntrack_only = ("add table inet naive\nadd chain inet naive forward { type filter hook forward "
+                          "priority filter; policy accept; }\n"
+                          "add rule inet naive forward ct state established,related accept\n")
         configs = {"no policy (baseline)": (lambda: None, 0),
+                   "conntrack only (one `ct state` rule)": (lambda: hook.run_nft(conntrack_only), 1),
                    "200 policies: sets + verdict maps": (lambda: hook.apply(state), _rule_count(state)),
                    "200 policies: naive rule per pair": (lambda: hook.run_nft(naive), naive_rules)}
         results: dict[str, list[float]] = {name: [] for name in configs}
@@ -229,14 +239,15 @@ def data_path(node_ns: str, seconds: float, rounds: int) -> list[tuple[str, floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per data-path measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="data-path rounds")
+    parser.add_argument("--repeat", type=int, default=5, help="control-plane repetitions")
     args = parser.parse_args()
     node_ns = create_netns(f"{PREFIX}node")
     try:
         sh(["ip", "netns", "exec", node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        rows = control_plane(node_ns)
+        rows = control_plane(node_ns, args.repeat)
         base = rows[0][1]
-        print("| step | ms | × `nft -f` floor |\n|---|---:|---:|")
+        print(f"| step (median of {args.repeat}) | ms | × `nft -f` floor |\n|---|---:|---:|")
         for what, secs in rows:
             print(f"| {what} | {secs * 1000:.1f} | {secs / base:.1f} |")
         print()
