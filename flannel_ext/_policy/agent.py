@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
 from flannel_ext._policy.compute import Cluster, PolicyComputer
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.model import PolicyRejected
 from flannel_ext._policy.state import PolicyState
 from flannel_ext._util.files import write_atomic
-from flannel_ext._util.netns import ip_json
 
 log = logging.getLogger("flannel_ext.policy")
 STATUS_FILE = "policy-status.json"
@@ -29,9 +30,11 @@ RETRY_MAX = 30.0
 
 
 def local_addresses() -> list[str]:
-    """Every address of this network namespace (the node's own IPs, cni0's gateway too)."""
-    return [a["local"] for link in ip_json(None, "addr", "show") for a in link.get("addr_info", [])
-            if a.get("local") and a.get("scope") != "host"]
+    """Every address of this network namespace (the node's own IPs, cni0's gateway too),
+    by netlink in-process: it is read before every apply, so no `ip` fork."""
+    with IPRoute() as ipr:
+        return [str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+                if a["scope"] != 254 and (a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))]  # 254: host
 
 
 class PolicyAgent:
