@@ -133,7 +133,10 @@ class PolicyAgent:
             (len(self.applied.pods) if self.applied else 0),
             "error": error,
         }
-        write_atomic(self.status_path, json.dumps(status, sort_keys=True) + "\n")
+        try:
+            write_atomic(self.status_path, json.dumps(status, sort_keys=True) + "\n")
+        except OSError as exc:   # the policy is enforced all the same; say why nobody can see it
+            log.error("cannot write %s: %s", self.status_path, exc)
 
 
 def _rejection(exc: PolicyRejected) -> dict:
