@@ -47,6 +47,8 @@ class PolicyAgent:
         self.applied: PolicyState | None = None      # the last state the hook accepted
         self.generation: int | None = None
         self._pending: Cluster | Exception | None = None
+        self._rejected: list[PolicyRejected] = []   # of the last snapshot processed
+        self._logged: set[str] = set()
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="policy-agent", daemon=True)
@@ -95,7 +97,10 @@ class PolicyAgent:
     def process(self, cluster: Cluster) -> bool:
         """Compute and enforce one snapshot; True when the hook accepted it."""
         for rejection in cluster.rejected:
-            log.warning("rejected %s", rejection)
+            if str(rejection) not in self._logged:   # once per problem, not per snapshot
+                log.warning("rejected %s", rejection)
+        self._logged = {str(r) for r in cluster.rejected}
+        self._rejected = list(cluster.rejected)
         try:
             state = self.computer.compute(cluster, self.node_ips())
         except Exception as exc:
@@ -123,7 +128,7 @@ class PolicyAgent:
         return error is None
 
     def _write_status(self, cluster: Cluster | None, *, error: str | None, local_pods: int | None = None) -> None:
-        rejected = cluster.rejected if cluster is not None else []
+        rejected = cluster.rejected if cluster is not None else self._rejected
         status = {
             "generation": self.generation,
             "applied": time.time(),
