@@ -14,14 +14,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2 import IPRoute
 
 from flannel_ext._policy.compute import Cluster, PolicyComputer
+from flannel_ext._policy.file_source import FileSource
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.model import PolicyRejected
 from flannel_ext._policy.state import PolicyState
 from flannel_ext._util.files import write_atomic
+
+if TYPE_CHECKING:
+    from flannel_ext._policy.kube_source import KubeSource
 
 log = logging.getLogger("flannel_ext.policy")
 STATUS_FILE = "policy-status.json"
@@ -164,18 +169,17 @@ def start_agent(hook: PolicyHook, source_spec: str, node_name: str, state_dir: s
     """Start the agent and its source; returns the function that stops both."""
     kind, path = parse_source(source_spec)
     agent = PolicyAgent(hook, node_name, state_dir)
-    source: object
+    source: FileSource | KubeSource
     if kind == "file":
-        from flannel_ext._policy.file_source import FileSource
         source = FileSource(path, agent.submit)
     else:
-        from flannel_ext._policy.kube_source import KubeSource
+        from flannel_ext._policy.kube_source import KubeSource   # imports the kubernetes client
         source = KubeSource.from_options(agent.submit, **(kube_options or {}))
     agent.start()
-    source.start()  # type: ignore[attr-defined]
+    source.start()
     log.info("network policy: hook %s, source %s", type(hook).__name__, source_spec)
 
     def stop() -> None:
-        source.stop()  # type: ignore[attr-defined]
+        source.stop()
         agent.stop()
     return stop

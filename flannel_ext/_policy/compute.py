@@ -49,8 +49,7 @@ class Cluster:
                      policies: Iterable[Any]) -> Cluster:
         """Parse raw API objects; each invalid one is rejected alone."""
         out = cls(generation=generation)
-        for kind, items, parse in (("Namespace", namespaces, parse_namespace), ("Pod", pods, parse_pod),
-                                   ("NetworkPolicy", policies, parse_policy)):
+        for items, parse in ((namespaces, parse_namespace), (pods, parse_pod), (policies, parse_policy)):
             for raw in items:
                 try:
                     obj = parse(raw)

@@ -46,8 +46,9 @@ class KubeSource:
         self.api, self.deliver = api, deliver
         self.watch_timeout, self.request_timeout, self.backoff_max = watch_timeout, request_timeout, backoff_max
         core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-        self._list: dict[str, Callable[..., Any]] = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
-                      "networkpolicies": net.list_network_policy_for_all_namespaces}
+        self._list: dict[str, Callable[..., Any]] = {
+            "namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
+            "networkpolicies": net.list_network_policy_for_all_namespaces}
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
         self._loaded: set[str] = set()
         self._rv = 0

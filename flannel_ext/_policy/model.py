@@ -271,7 +271,7 @@ def _peer(r: _Reader, raw: Any, path: str) -> Peer:
         excepts = []
         for i, item in enumerate(r.array(block.get("except"), f"{path}.ipBlock.except")):
             net = r.network(item, f"{path}.ipBlock.except[{i}]")
-            if net.version != cidr.version or not net.subnet_of(cidr):  # type: ignore[arg-type]
+            if net.version != cidr.version or not net.subnet_of(cidr):
                 raise r.fail(f"{path}.ipBlock.except[{i}]", f"{net} is not inside cidr {cidr}")
             excepts.append(net)
         return Peer(ip_block=IPBlock(cidr, tuple(excepts)))
