@@ -190,7 +190,7 @@ def _point_hook_at(data: dict, mounted: str) -> str:
 
 def render_manifest(net_conf_path: str | None = None, *, recipe: str | None = None, network: str | None = None,
                     image: str = DEFAULT_IMAGE, namespace: str = DEFAULT_NAMESPACE, ip_masq: bool = True,
-                    pull_policy: str = "IfNotPresent") -> str:
+                    pull_policy: str = "IfNotPresent", policy: str | None = None) -> str:
     """The multi-document YAML for a net-conf file or a recipe (exactly one of the two)."""
     if (net_conf_path is None) == (recipe is None):
         raise ConfigError(_CLI, "--net-conf/--recipe", None, "exactly one of them is required",
@@ -213,11 +213,14 @@ def render_manifest(net_conf_path: str | None = None, *, recipe: str | None = No
                f"{CONFIG_DIR}/net-conf.json", "--healthz-port", str(HEALTHZ_PORT)]
     if ip_masq:
         command.append("--ip-masq")
+    if policy:   # NetworkPolicy from the API server; RBAC and br_netfilter follow in the templates
+        command += ["--policy", policy, "--policy-source", "kube"]
     env = _environment()
     return env.get_template("manifest.yml.j2").render(
         source=source.label, name=NAME, namespace=namespace, image=image,
         pull_policy=pull_policy, net_conf=text, hook_files=hook_files, command=command,
-        cni_conf=env.get_template("cni-conf.json.j2").render(), healthz_port=HEALTHZ_PORT)
+        cni_conf=env.get_template("cni-conf.json.j2").render(), healthz_port=HEALTHZ_PORT,
+        policy=policy)
 
 
 def render_objects(net_conf_path: str | None = None, **options) -> list[dict]:
@@ -234,7 +237,7 @@ def _cmd(args) -> int:
                           "e.g. --recipe vxlan (see `flannel-ext recipes`), or --net-conf my-net-conf.json")
     print(render_manifest(args.net_conf, recipe=args.recipe, network=args.network, image=args.image,
                           namespace=args.namespace, ip_masq=args.ip_masq,
-                          pull_policy=args.image_pull_policy), end="")
+                          pull_policy=args.image_pull_policy, policy=args.policy), end="")
     return 0
 
 
@@ -260,6 +263,9 @@ def register(subparsers):
     p.add_argument("--ip-masq", action=argparse.BooleanOptionalAction, default=True,
                    help="run the daemon with --ip-masq, NATing pod traffic that leaves the network, as "
                         "kube-flannel.yml does (default: on; --no-ip-masq turns it off)")
+    p.add_argument("--policy", nargs="?", const="nftables", default=None, metavar="HOOK",
+                   help="enforce NetworkPolicy with this policy hook (default nftables): adds the RBAC "
+                        "to watch pods, namespaces and networkpolicies, and enables br_netfilter")
     p.add_argument("--cni-plugin", action="store_true",
                    help="print the sh CNI plugin the image installs, instead of a manifest")
     p.set_defaults(func=_cmd)

@@ -97,6 +97,13 @@ def register(subparsers) -> None:
                    help="klog verbosity, as flanneld's: 0 logs info, 1 and up debug")
     g.add_argument("--version", action="version", version=f"flannel-ext {__version__}",
                    help="print the version and exit")
+    g = p.add_argument_group("network policy")
+    g.add_argument("--policy", default=None, metavar="HOOK",
+                   help="enforce NetworkPolicy with this policy hook: nftables, log, module:Class, "
+                        "file.py:Class or a name from the flannel_ext.policies entry points")
+    g.add_argument("--policy-source", default=None, metavar="SOURCE",
+                   help="where pods, namespaces and policies come from: file:PATH or kube "
+                        "(default kube with the kube store; required otherwise)")
     g = p.add_argument_group("flanneld flags accepted and ignored (one warning each)")
     for name, (reason, boolean) in IGNORED.items():
         g.add_argument(f"--{name}", action=flags.IgnoredFlag, reason=reason, boolean=boolean)
@@ -133,6 +140,9 @@ def _check_args(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if _policy_source(args):   # a bad --policy fails before anything starts
+        from flannel_ext._policy.hook import load_policy_hook
+        args.policy_hook = load_policy_hook(args.policy)
     level = args.log_level or ("DEBUG" if args.verbosity > 0 else "INFO")
     logs.setup(args.log_format, level, node=args.node_name)
     # A --net-conf file is read before any store is touched, so a bad file fails fast.
@@ -179,6 +189,8 @@ def _operations(args, runtime: NodeRuntime) -> list:
         server = HealthServer(runtime.stats, host=args.healthz_ip, port=args.healthz_port)
         server.start()
         undo.append(server.stop)
+    if args.policy:
+        undo.append(_start_policy(args))
     if args.ip_masq:
         from flannel_ext._runtime import ipmasq
 
@@ -191,6 +203,29 @@ def _operations(args, runtime: NodeRuntime) -> list:
         runtime.on_ready.append(masq)
         undo.append(ipmasq.teardown_ip_masq)
     return undo
+
+
+def _policy_source(args) -> str | None:
+    """--policy-source, defaulting to kube for the kube store; checked before start-up."""
+    if not args.policy:
+        if args.policy_source:
+            raise ConfigError("--policy-source", None, None, "needs --policy", "add e.g. --policy nftables")
+        return None
+    source = args.policy_source or ("kube" if store_url(args) == "kube" else None)
+    if source is None:
+        raise ConfigError("--policy", None, None, "needs --policy-source with this store",
+                          "pass --policy-source file:PATH or --policy-source kube")
+    from flannel_ext._policy.agent import parse_source
+    parse_source(source)
+    return source
+
+
+def _start_policy(args):
+    from flannel_ext._policy.agent import start_agent
+    kube = {"kubeconfig": args.kubeconfig_file, "api_url": args.kube_api_url}
+    source = _policy_source(args)
+    assert source is not None   # _operations calls this only with --policy
+    return start_agent(args.policy_hook, source, args.node_name, args.state_dir, kube)
 
 
 def _start_reload_watch(args, runtime: NodeRuntime):
