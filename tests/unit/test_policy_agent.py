@@ -173,9 +173,9 @@ def test_run_checks_policy_flags_first(capsys, argv, words):
 def test_kube_store_defaults_the_source_to_kube():
     import argparse
 
-    from flannel_ext._commands import run
+    from flannel_ext._commands import flags, run
     parser = argparse.ArgumentParser()
-    run.register(parser.add_subparsers())
+    run.register(parser.add_subparsers(parser_class=flags.CommandParser))
     args = parser.parse_args(["run", "--kube-subnet-mgr", "--policy", "log"])
     assert run._policy_source(args) == "kube"
     args = parser.parse_args(["run", "--policy", "log", "--policy-source", "file:/tmp/c.json"])
