@@ -63,13 +63,13 @@ def run(lab: Lab, port: int, protocol: str, timeout: float = 1.0) -> Table:
 
 def format_text(table: Table) -> str:
     width = max([len(n) for n in table.pods] + [1])
-    cols = max([len(n) for n in table.pods] + [1])
     lines = [f"reachability {table.protocol}/{table.port} (lab {table.lab}): {len(table.pods)} pods, "
              f"{table.allowed}/{len(table.cells)} pairs allowed",
-             f"{'-':<{width}} " + " ".join(f"{n:>{cols}}" for n in table.pods)]
+             f"{'-':<{width}} " + " ".join(table.pods)]
     for src in table.pods:
         cells = ["-" if src == dst else "." if table.cells[(src, dst)] else "X" for dst in table.pods]
-        lines.append(f"{src:<{width}} " + " ".join(f"{c:>{cols}}" for c in cells))
+        # Each mark under the last character of its column's name.
+        lines.append(f"{src:<{width}} " + " ".join(f"{c:>{len(n)}}" for c, n in zip(cells, table.pods)))
     lines.append("(. allowed, X blocked, - self)")
     return "\n".join(lines)
 
