@@ -167,7 +167,7 @@ def _apply(args) -> int:
         lab = Lab.load(args.name)
         doc = cluster.load(lab)
         if args.lab_command == "apply":
-            lines, missing = cluster.apply(doc, documents), []
+            lines, missing = cluster.apply(doc, documents), list[str]()
         else:
             lines, missing = cluster.delete(doc, documents)
         generation = cluster.save(lab, doc)

@@ -17,11 +17,11 @@ the lab's own (made by ``lab up --pods``); `apply` changes only their labels.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import yaml
 

@@ -124,7 +124,7 @@ def add_pods(lab: Lab, nodes: list[Node], per_node: int) -> list[Pod]:
 
 def add_spec_pods(lab: Lab, specs: list[PodSpec]) -> list[Pod]:
     """Create the pods of a ``--pods`` file on their nodes (see `_make`)."""
-    jobs = []
+    jobs: list[list[tuple[Node, int, PodSpec | None]]] = []
     for node in lab.nodes.values():
         mine = [s for s in specs if s.node == node.name]
         jobs.append([(node, _next_index(node) + k, spec) for k, spec in enumerate(mine)])

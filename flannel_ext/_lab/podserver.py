@@ -45,29 +45,29 @@ def serve(name: str, specs: list[str]) -> None:
         print(f"{name}: serving {spec}", flush=True)
     while True:
         for key, _ in sel.select():
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)  # noqa: S101 (narrows the selector's type)
             try:
                 if key.data == "udp":
-                    data, addr = sock.recvfrom(65535)
-                    sock.sendto(greeting + data, addr)
+                    data, addr = ready.recvfrom(65535)
+                    ready.sendto(greeting + data, addr)
                 elif key.data == "listen":
-                    conn, _ = sock.accept()
+                    conn, _ = ready.accept()
                     conn.setblocking(False)
                     conn.send(greeting)
                     sel.register(conn, selectors.EVENT_READ, "conn")
                 else:
-                    data = sock.recv(65536)
+                    data = ready.recv(65536)
                     if data:
-                        sock.send(data)
+                        ready.send(data)
                     else:
                         raise ConnectionResetError
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 if key.data == "conn":
-                    sel.unregister(sock)
-                    sock.close()
+                    sel.unregister(ready)
+                    ready.close()
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
             for key, events in sel.select(timeout=0.02):
                 data = key.data
                 if isinstance(data, tuple):
-                    _read_icmp(key.fileobj, data[1], pods, index, base, results)
+                    _read_icmp(raws[data[1]], data[1], pods, index, base, results)
                 elif not data.connected:
                     err = data.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
@@ -175,7 +175,7 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
         for raw in raws.values():
             raw.close()
         sel.close()
-    for (src, dst), r in results.items():
+    for r in results.values():
         if not r.tcp and not r.error:
             r.error = "timeout"
         if r.tcp:
