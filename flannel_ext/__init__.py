@@ -6,11 +6,14 @@ from flannel_ext._util.errors import (BatchError, CommandError, ConfigError, Fla
                            HookLoadError, HookTimeout, PermanentError, StoreError, TemporaryError)
 from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
 from flannel_ext._stores.lease import Lease, LeaseAttrs
+from flannel_ext._policy.hook import PolicyHook
+from flannel_ext._policy.state import Allow, PodPolicy, PolicyState, PortRange, RulePeers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Hook", "HookContext", "RemoteLease", "Lease", "LeaseAttrs",
+    "PolicyHook", "PolicyState", "PodPolicy", "Allow", "RulePeers", "PortRange",
     "FlannelExtError", "ConfigError", "HookLoadError", "StoreError", "HookError", "CommandError",
     "HookTimeout", "TemporaryError", "PermanentError", "BatchError", "__version__",
 ]

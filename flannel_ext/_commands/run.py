@@ -85,6 +85,13 @@ def register(subparsers) -> None:
     g.add_argument("--healthz-port", type=int, default=0, help="serve /healthz, /readyz, /metrics (0 = off)")
     g.add_argument("--log-format", choices=("text", "json"), default="text")
     g.add_argument("--log-level", default="INFO")
+    g = p.add_argument_group("network policy")
+    g.add_argument("--policy", default=None, metavar="HOOK",
+                   help="enforce NetworkPolicy with this policy hook: nftables, log, module:Class, "
+                        "file.py:Class or a name from the flannel_ext.policies entry points")
+    g.add_argument("--policy-source", default=None, metavar="SOURCE",
+                   help="where pods, namespaces and policies come from: file:PATH or kube "
+                        "(default kube with the kube store; required otherwise)")
     flags.apply_env_defaults(p)
     p.set_defaults(func=run)
 
@@ -148,6 +155,9 @@ def _check_args(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if _policy_source(args):   # a bad --policy fails before anything starts
+        from flannel_ext._policy.hook import load_policy_hook
+        args.policy_hook = load_policy_hook(args.policy)
     logs.setup(args.log_format, args.log_level, node=args.node_name)
     # A --net-conf file is read before any store is touched, so a bad file fails fast.
     config = load_config(args) if args.net_conf else None
@@ -189,6 +199,8 @@ def _operations(args, runtime: NodeRuntime) -> list:
         server = HealthServer(runtime.stats, host=args.healthz_ip, port=args.healthz_port)
         server.start()
         undo.append(server.stop)
+    if args.policy:
+        undo.append(_start_policy(args))
     if args.ip_masq:
         from flannel_ext._runtime import ipmasq
 
@@ -198,6 +210,27 @@ def _operations(args, runtime: NodeRuntime) -> list:
         runtime.on_ready.append(masq)
         undo.append(ipmasq.teardown_ip_masq)
     return undo
+
+
+def _policy_source(args) -> str | None:
+    """--policy-source, defaulting to kube for the kube store; checked before start-up."""
+    if not args.policy:
+        if args.policy_source:
+            raise ConfigError("--policy-source", None, None, "needs --policy", "add e.g. --policy nftables")
+        return None
+    source = args.policy_source or ("kube" if store_url(args) == "kube" else None)
+    if source is None:
+        raise ConfigError("--policy", None, None, "needs --policy-source with this store",
+                          "pass --policy-source file:PATH or --policy-source kube")
+    from flannel_ext._policy.agent import parse_source
+    parse_source(source)
+    return source
+
+
+def _start_policy(args):
+    from flannel_ext._policy.agent import start_agent
+    kube = {"kubeconfig": args.kubeconfig_file, "api_url": args.kube_api_url}
+    return start_agent(args.policy_hook, _policy_source(args), args.node_name, args.state_dir, kube)
 
 
 def _start_reload_watch(args, runtime: NodeRuntime):

@@ -56,9 +56,17 @@ def load_python_hook(spec: str, options: dict, *, source: str = "net-conf.json")
 
 def load_hook_class(spec: str, *, source: str = "net-conf.json") -> type[Hook]:
     """The validated Hook subclass for `spec` (not instantiated)."""
+    cls = import_object(spec, source=source)
+    validate_hook_class(cls, spec=spec, source=source)
+    return cls
+
+
+def import_object(spec: str, *, group: str = RECIPE_GROUP, source: str = "net-conf.json",
+                  what: str = "recipe") -> Any:
+    """What `spec` names: an entry point of `group`, "module:Attr" or "file.py:Attr"."""
     spec = spec.strip()
     if ":" not in spec:
-        target = _recipe_target(spec, source)
+        target = _recipe_target(spec, source, group, what)
         module_name, _, attr = target.partition(":")
     else:
         module_name, _, attr = spec.rpartition(":")
@@ -69,7 +77,6 @@ def load_hook_class(spec: str, *, source: str = "net-conf.json") -> type[Hook]:
     if cls is None:
         raise _error(source, spec, f"{module_name} has no attribute {attr!r}",
                      "check the class name after the colon")
-    validate_hook_class(cls, spec=spec, source=source)
     return cls
 
 
@@ -111,14 +118,15 @@ def load_hook_file_paths(config: NetConf) -> list[Path]:
     return [Path(found.origin)] if found is not None and found.origin not in (None, "built-in") else []
 
 
-def installed_recipes() -> dict[str, str]:
-    """Recipe name → "module:Class" for every entry point in `flannel_ext.recipes`."""
-    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=RECIPE_GROUP)}
+def installed_recipes(group: str = RECIPE_GROUP) -> dict[str, str]:
+    """Name → "module:Class" for every entry point in `group` (default: the recipes)."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=group)}
 
 
 # --- internals ---------------------------------------------------------------------
 def _error(source: str, spec: str, problem: str, fix: str) -> HookLoadError:
-    return HookLoadError(f"{source}: Backend.Hook {spec!r}: {problem}; {fix}")
+    where = f"{source} {spec!r}" if source.startswith("--") else f"{source}: Backend.Hook {spec!r}"
+    return HookLoadError(f"{where}: {problem}; {fix}")
 
 
 def _is_path(module_name: str) -> bool:
@@ -129,14 +137,14 @@ def _resolve(path: str, source: str) -> Path:
     return (Path(source or ".").parent / os.path.expanduser(path)).resolve()
 
 
-def _recipe_target(name: str, source: str) -> str:
-    recipes = installed_recipes()
+def _recipe_target(name: str, source: str, group: str = RECIPE_GROUP, what: str = "recipe") -> str:
+    recipes = installed_recipes(group)
     if name not in recipes:
         known = ", ".join(sorted(recipes)) or "none installed"
         close = difflib.get_close_matches(name, recipes, n=1)
-        raise _error(source, name, "no such recipe",
+        raise _error(source, name, f"no such {what}",
                      (f"did you mean {close[0]!r}? " if close else "")
-                     + f'recipes: {known}; or write "module:ClassName" / "file.py:ClassName"')
+                     + f'{what}s: {known}; or write "module:ClassName" / "file.py:ClassName"')
     return recipes[name]
 
 
@@ -144,8 +152,8 @@ def _import(module_name: str, spec: str, source: str):
     if _is_path(module_name):
         path = _resolve(module_name, source)
         if not path.is_file():
-            raise _error(source, spec, f"file {path} not found",
-                         "relative paths are resolved against the net-conf file's directory")
+            base = "the current" if source.startswith("--") else "the net-conf file's"
+            raise _error(source, spec, f"file {path} not found", f"relative paths are resolved against {base} directory")
         # A fresh module name per load: a hot reload must run the edited file, not a cache.
         name = f"flannel_ext_hook_{path.stem}_{next(_file_modules)}"
         loader_spec = importlib.util.spec_from_file_location(name, path)
