@@ -5,7 +5,6 @@ Subcommands: up, check, apply, delete, add-node, rm-node, status, logs, down. Ea
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
@@ -102,8 +101,6 @@ def _out(text: str) -> None:
 
 def _up(args) -> int:
     from flannel_ext._lab import ops
-    if args.policy and importlib.util.find_spec("flannel_ext._policy") is None:
-        args.policy = ""  # until the policy engine (issue 10) is merged: nothing to run
     report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
                     underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
                     timeout=args.timeout, pods_file=args.pods_file, policy=args.policy, out=_out)
