@@ -33,12 +33,12 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from _common import pct  # noqa: E402
-from policy_lab import REPO, lab_cmd, up_netpol_lab  # noqa: E402
+from _common import pct
+from policy_lab import REPO, lab_cmd, up_netpol_lab
 
-from flannel_ext._lab import cluster, daemons  # noqa: E402
-from flannel_ext._lab.probe import netns  # noqa: E402
-from flannel_ext._lab.state import Lab, locked  # noqa: E402
+from flannel_ext._lab import cluster, daemons
+from flannel_ext._lab.probe import netns
+from flannel_ext._lab.state import Lab, locked
 
 POLICY = """\
 apiVersion: networking.k8s.io/v1
@@ -92,7 +92,7 @@ def ms(values: list[float]) -> str:
 def latency(lab: Lab, tmp: pathlib.Path, repeat: int, src: str, ip: str) -> dict[str, list[float]]:
     on, off = documents(POLICY, tmp), documents(POLICY, tmp)
     out: dict[str, list[float]] = {"status": [], "packets": [], "baseline": []}
-    running = lambda n: daemons.running(lab, n)  # noqa: E731
+    running = lambda n: daemons.running(lab, n)
     for i in range(repeat):
         t0, gen = write(lab, lambda doc: cluster.apply(doc, on))
         cluster.wait_generation(lab, gen, 30, running)

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from flannel_ext._util.files import write_atomic
 from flannel_ext._lab.state import Lab, LabError
+from flannel_ext._util.files import write_atomic
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 DEFAULT_NAMESPACE = "default"
@@ -330,8 +330,8 @@ def format_policy(lab: Lab, statuses: dict[str, dict | None]) -> list[str]:
     if not lab.policy:
         return ["policy: off (lab up --no-policy)"]
     doc = load(lab)
-    lines = [f"policy: {lab.policy}, {lab.cluster_file} generation {doc['generation']}, "
-             f"{len(doc['networkpolicies'])} networkpolicies"]
+    lines = [(f"policy: {lab.policy}, {lab.cluster_file} generation {doc['generation']}, "
+              f"{len(doc['networkpolicies'])} networkpolicies")]
     for node, st in statuses.items():
         if not st:
             lines.append(f"  {node}: no policy-status.json yet")

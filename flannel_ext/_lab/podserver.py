@@ -46,7 +46,7 @@ def serve(name: str, specs: list[str]) -> None:
     while True:
         for key, _ in sel.select():
             ready = key.fileobj
-            assert isinstance(ready, socket.socket)  # noqa: S101 (narrows the selector's type)
+            assert isinstance(ready, socket.socket)
             try:
                 if key.data == "udp":
                     data, addr = ready.recvfrom(65535)

@@ -63,8 +63,8 @@ def run(lab: Lab, port: int, protocol: str, timeout: float = 1.0) -> Table:
 
 def format_text(table: Table) -> str:
     width = max([len(n) for n in table.pods] + [1])
-    lines = [f"reachability {table.protocol}/{table.port} (lab {table.lab}): {len(table.pods)} pods, "
-             f"{table.allowed}/{len(table.cells)} pairs allowed",
+    lines = [(f"reachability {table.protocol}/{table.port} (lab {table.lab}): {len(table.pods)} pods, "
+              f"{table.allowed}/{len(table.cells)} pairs allowed"),
              f"{'-':<{width}} " + " ".join(table.pods)]
     for src in table.pods:
         cells = ["-" if src == dst else "." if table.cells[(src, dst)] else "X" for dst in table.pods]

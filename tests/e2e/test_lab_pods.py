@@ -11,9 +11,9 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from policy_lab import PODS, REPO, Reachability, lab_cmd, node_of, ok, pods_yaml  # noqa: E402
+from policy_lab import PODS, REPO, Reachability, lab_cmd, node_of, ok, pods_yaml
 
-from flannel_ext._lab.state import lab_dir  # noqa: E402
+from flannel_ext._lab.state import lab_dir
 
 
 @pytest.fixture

@@ -14,12 +14,19 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from policy_lab import (REPO, Reachability, apply, check_table, lab_cmd, need_policy_engine,  # noqa: E402
-                        ok, up_netpol_lab)
+from policy_lab import (
+    REPO,
+    Reachability,
+    apply,
+    check_table,
+    lab_cmd,
+    ok,
+    up_netpol_lab,
+)
 
-from flannel_ext import testing  # noqa: E402
-from flannel_ext._lab import cluster, daemons, topology  # noqa: E402
-from flannel_ext._lab.state import Lab, locked  # noqa: E402
+from flannel_ext import testing
+from flannel_ext._lab import cluster, daemons, topology
+from flannel_ext._lab.state import Lab, locked
 
 FROM_Y = """\
 apiVersion: networking.k8s.io/v1
@@ -39,7 +46,6 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 
 @pytest.fixture
 def netpol_lab(netns_prefix, tmp_path):
-    need_policy_engine()
     name = netns_prefix.rstrip("-")
     try:
         yield name, up_netpol_lab(name, REPO / "recipes" / "vxlan.json", tmp_path)

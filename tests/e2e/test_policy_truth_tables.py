@@ -13,14 +13,13 @@ import os
 import pathlib
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from policy_lab import (REPO, Reachability, apply, check_table, lab_cmd, need_policy_engine,  # noqa: E402
-                        up_netpol_lab)
+from policy_lab import REPO, Reachability, apply, check_table, lab_cmd, up_netpol_lab
 
 ALL = Reachability
 
@@ -165,7 +164,6 @@ CASES = [
 @pytest.fixture(scope="module", params=["vxlan.json", "host-gw.json"])
 def netpol_lab(request, tmp_path_factory):
     """A 3-node x/y/z lab on one recipe; torn down after the module's cases."""
-    need_policy_engine()
     if os.geteuid() != 0:
         pytest.skip("needs root")
     tmp = tmp_path_factory.mktemp("netpol")
