@@ -3,9 +3,10 @@
 #   docker build -t flannel-ext:dev .
 FROM python:3.11-slim
 
-# iproute2 for shell recipes (`ip route …`), nftables for --ip-masq.
+# iproute2 for shell recipes (`ip route …`), nftables for --ip-masq and --policy, kmod for
+# the br_netfilter module that `manifest --policy` loads.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 nftables \
+    && apt-get install -y --no-install-recommends iproute2 nftables kmod \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

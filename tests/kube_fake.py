@@ -9,6 +9,9 @@ It serves only what `KubeStore` uses, over real HTTP on 127.0.0.1, so the offici
   after ``timeoutSeconds``; a version older than the last `compact()` gets the ERROR
   event with code 410 that the real server sends;
 - ``GET /api/v1/nodes/{name}`` and ``GET /api/v1/namespaces/{ns}/pods/{name}``;
+- for the policy source, the same list and watch (with 410 after `compact()`) on
+  ``/api/v1/pods``, ``/api/v1/namespaces`` and ``/apis/networking.k8s.io/v1/networkpolicies``,
+  whose objects tests write with `put()` and `delete()`;
 - ``PATCH /api/v1/nodes/{name}/status`` with ``application/strategic-merge-patch+json``
   only (415 otherwise): maps merge (null deletes), ``status.conditions`` merge by
   ``type`` (its strategic merge key), other lists are replaced.
@@ -33,6 +36,14 @@ import pytest
 
 SMP = "application/strategic-merge-patch+json"
 _CREATED = "2024-01-01T00:00:00Z"
+# resource → (URL path parts, kind, apiVersion) of the collections served with list and watch
+_LISTS = {
+    "nodes": (["api", "v1", "nodes"], "Node", "v1"),
+    "pods": (["api", "v1", "pods"], "Pod", "v1"),
+    "namespaces": (["api", "v1", "namespaces"], "Namespace", "v1"),
+    "networkpolicies": (["apis", "networking.k8s.io", "v1", "networkpolicies"], "NetworkPolicy",
+                        "networking.k8s.io/v1"),
+}
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -71,8 +82,9 @@ class FakeKubeAPI:
         self._rv = 0
         self._floor = 0   # watches from a version below this get 410 Gone
         self._nodes: dict[str, dict] = {}
-        self._pods: dict[tuple[str, str], dict] = {}
-        self._log: list[tuple[int, str, dict]] = []
+        self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in _LISTS if r != "nodes"}
+        self._pods = self._objects["pods"]
+        self._log: list[tuple[int, str, dict, str]] = []   # (rv, event type, object, resource)
         self._closed = False
         self.patch_log: list[tuple[str, str, bytes]] = []
         self.requests: list[tuple[str, str]] = []   # (method, path with query)
@@ -132,13 +144,29 @@ class FakeKubeAPI:
             self._commit("DELETED", node)
 
     def add_pod(self, namespace: str, name: str, node_name: str) -> None:
+        self.put("pods", {"metadata": {"name": name, "namespace": namespace},
+                          "spec": {"nodeName": node_name, "containers": []}})
+
+    def put(self, resource: str, obj: dict) -> dict:
+        """Create or replace a pod, namespace or networkpolicy (ADDED or MODIFIED event)."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        kind, api_version = _LISTS[resource][1:]
+        obj.setdefault("kind", kind)
+        obj.setdefault("apiVersion", api_version)
+        meta.setdefault("uid", f"uid-{meta.get('namespace', '')}-{meta['name']}")
+        meta.setdefault("creationTimestamp", _CREATED)
+        key = (meta.get("namespace", ""), meta["name"])
         with self._cond:
-            self._rv += 1
-            self._pods[(namespace, name)] = {
-                "kind": "Pod", "apiVersion": "v1",
-                "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                             "resourceVersion": str(self._rv), "creationTimestamp": _CREATED},
-                "spec": {"nodeName": node_name, "containers": []}}
+            event = "MODIFIED" if key in self._objects[resource] else "ADDED"
+            self._objects[resource][key] = obj
+            self._commit(event, obj, resource)
+            return copy.deepcopy(obj)
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        with self._cond:
+            obj = self._objects[resource].pop((namespace, name))
+            self._commit("DELETED", obj, resource)
 
     def compact(self) -> None:
         """Forget the event history (as etcd compaction does): older watches get 410."""
@@ -155,11 +183,15 @@ class FakeKubeAPI:
         return sum(1 for m, p in self.requests if m == "GET" and "watch=" in p)
 
     # -- state changes (caller holds the lock) ---------------------------------------
-    def _commit(self, kind: str, node: dict) -> None:
+    def _commit(self, kind: str, obj: dict, resource: str = "nodes") -> None:
         self._rv += 1
-        node["metadata"]["resourceVersion"] = str(self._rv)
-        self._log.append((self._rv, kind, copy.deepcopy(node)))
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self._log.append((self._rv, kind, copy.deepcopy(obj), resource))
         self._cond.notify_all()
+
+    def _items(self, resource: str) -> list[dict]:
+        objects = self._nodes if resource == "nodes" else self._objects[resource]
+        return [copy.deepcopy(o) for o in objects.values()]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,13 +221,14 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = url.path.strip("/").split("/")
         fake = self.fake
-        if parts == ["api", "v1", "nodes"]:
+        resource = next((r for r, (path, *_) in _LISTS.items() if parts == path), None)
+        if resource is not None:
             if query.get("watch") in ("true", "1"):
-                return self._watch(query)
+                return self._watch(query, resource)
+            kind, api_version = _LISTS[resource][1:]
             with fake._cond:
-                body = {"kind": "NodeList", "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(fake._rv)},
-                        "items": [copy.deepcopy(n) for n in fake._nodes.values()]}
+                body = {"kind": f"{kind}List", "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(fake._rv)}, "items": fake._items(resource)}
             return self._send_json(200, body)
         if len(parts) == 4 and parts[:3] == ["api", "v1", "nodes"]:
             with fake._cond:
@@ -242,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _watch(self, query: dict) -> None:
+    def _watch(self, query: dict, resource: str) -> None:
         fake = self.fake
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
         self.send_response(200)
@@ -253,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._cond:
                 since = int(query.get("resourceVersion") or 0)
                 if since == 0:   # the real server starts with the current state
-                    initial = [{"type": "ADDED", "object": copy.deepcopy(n)} for n in fake._nodes.values()]
+                    initial = [{"type": "ADDED", "object": o} for o in fake._items(resource)]
                     since = fake._rv
                 elif since < fake._floor:
                     initial = [{"type": "ERROR", "object": _status(
@@ -265,7 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(event)
             while True:
                 with fake._cond:
-                    events = [(rv, kind, obj) for rv, kind, obj in fake._log if rv > since]
+                    events = [(rv, kind, obj) for rv, kind, obj, res in fake._log
+                              if rv > since and res == resource]
                     left = deadline - time.monotonic()
                     if not events and left > 0 and not fake._closed:
                         fake._cond.wait(min(left, 0.5))
@@ -284,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def kube_api(tmp_path):
     """A running `FakeKubeAPI` with `.url`, `.kubeconfig_path`, `.add_node`, `.node`,
-    `.delete_node`, `.update_node`, `.add_pod`, `.compact` and `.patch_log`."""
+    `.delete_node`, `.update_node`, `.add_pod`, `.put`, `.delete`, `.compact` and `.patch_log`."""
     fake = FakeKubeAPI(tmp_path)
     yield fake
     fake.close()

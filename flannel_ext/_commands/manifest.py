@@ -108,7 +108,7 @@ def _point_hook_at(data: dict, mounted: str) -> str:
 
 def render_manifest(net_conf_path: str, *, image: str = DEFAULT_IMAGE,
                     namespace: str = DEFAULT_NAMESPACE, ip_masq: bool = False,
-                    pull_policy: str = "IfNotPresent") -> str:
+                    pull_policy: str = "IfNotPresent", policy: str | None = None) -> str:
     """The multi-document YAML for `net_conf_path`."""
     try:
         with open(net_conf_path, encoding="utf-8") as f:
@@ -127,11 +127,14 @@ def render_manifest(net_conf_path: str, *, image: str = DEFAULT_IMAGE,
                f"{CONFIG_DIR}/net-conf.json", "--healthz-port", str(HEALTHZ_PORT)]
     if ip_masq:
         command.append("--ip-masq")
+    if policy:   # NetworkPolicy from the API server; RBAC and br_netfilter follow in the templates
+        command += ["--policy", policy, "--policy-source", "kube"]
     env = _environment()
     return env.get_template("manifest.yml.j2").render(
         source=net_conf_path, name=NAME, namespace=namespace, image=image,
         pull_policy=pull_policy, net_conf=text, hook_files=hook_files, command=command,
-        cni_conf=env.get_template("cni-conf.json.j2").render(), healthz_port=HEALTHZ_PORT)
+        cni_conf=env.get_template("cni-conf.json.j2").render(), healthz_port=HEALTHZ_PORT,
+        policy=policy)
 
 
 def render_objects(net_conf_path: str, **options) -> list[dict]:
@@ -147,7 +150,8 @@ def _cmd(args) -> int:
         raise ConfigError("flannel-ext manifest", "--net-conf", None, "is required",
                           "pass the net-conf.json to deploy, e.g. --net-conf recipes/vxlan.json")
     print(render_manifest(args.net_conf, image=args.image, namespace=args.namespace,
-                          ip_masq=args.ip_masq, pull_policy=args.image_pull_policy), end="")
+                          ip_masq=args.ip_masq, pull_policy=args.image_pull_policy,
+                          policy=args.policy), end="")
     return 0
 
 
@@ -165,6 +169,9 @@ def register(subparsers):
                    help=f"namespace for the DaemonSet (default {DEFAULT_NAMESPACE})")
     p.add_argument("--ip-masq", action="store_true",
                    help="run the daemon with --ip-masq (NAT pod traffic leaving the network)")
+    p.add_argument("--policy", nargs="?", const="nftables", default=None, metavar="HOOK",
+                   help="enforce NetworkPolicy with this policy hook (default nftables): adds the RBAC "
+                        "to watch pods, namespaces and networkpolicies, and enables br_netfilter")
     p.add_argument("--cni-plugin", action="store_true",
                    help="print the sh CNI plugin the image installs, instead of a manifest")
     p.set_defaults(func=_cmd)

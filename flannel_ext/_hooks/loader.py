@@ -118,8 +118,13 @@ def load_hook_file_paths(config: NetConf) -> list[Path]:
     return [Path(found.origin)] if found is not None and found.origin not in (None, "built-in") else []
 
 
-def installed_recipes(group: str = RECIPE_GROUP) -> dict[str, str]:
-    """Name → "module:Class" for every entry point in `group` (default: the recipes)."""
+def installed_recipes() -> dict[str, str]:
+    """Recipe name → "module:Class" for every entry point in `flannel_ext.recipes`."""
+    return entry_point_targets(RECIPE_GROUP)
+
+
+def entry_point_targets(group: str) -> dict[str, str]:
+    """Name → "module:Class" for every entry point in `group`."""
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=group)}
 
 
@@ -138,7 +143,7 @@ def _resolve(path: str, source: str) -> Path:
 
 
 def _recipe_target(name: str, source: str, group: str = RECIPE_GROUP, what: str = "recipe") -> str:
-    recipes = installed_recipes(group)
+    recipes = installed_recipes() if group == RECIPE_GROUP else entry_point_targets(group)
     if name not in recipes:
         known = ", ".join(sorted(recipes)) or "none installed"
         close = difflib.get_close_matches(name, recipes, n=1)

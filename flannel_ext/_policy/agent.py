@@ -13,14 +13,14 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from flannel_ext._util.files import write_atomic
-from flannel_ext._util.netns import ip_json
-from flannel_ext._policy.compute import Cluster, compute_state
+from flannel_ext._policy.compute import Cluster, PolicyComputer
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.model import PolicyRejected
 from flannel_ext._policy.state import PolicyState
+from flannel_ext._util.files import write_atomic
+from flannel_ext._util.netns import ip_json
 
 log = logging.getLogger("flannel_ext.policy")
 STATUS_FILE = "policy-status.json"
@@ -40,6 +40,7 @@ class PolicyAgent:
         self.hook, self.node_name, self.state_dir = hook, node_name, state_dir
         self.node_ips = node_ips
         self.status_path = os.path.join(state_dir, STATUS_FILE)
+        self.computer = PolicyComputer(node_name)
         self.applied: PolicyState | None = None      # the last state the hook accepted
         self.generation: int | None = None
         self._pending: Cluster | Exception | None = None
@@ -93,8 +94,9 @@ class PolicyAgent:
         for rejection in cluster.rejected:
             log.warning("rejected %s", rejection)
         try:
-            state = compute_state(cluster, self.node_name, self.node_ips())
-        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the agent
+            state = self.computer.compute(cluster, self.node_ips())
+        except Exception as exc:
+            self.computer = PolicyComputer(self.node_name)   # start afresh next time
             log.exception("computing the policy state failed")
             self._write_status(cluster, error=f"compute failed: {type(exc).__name__}: {exc}")
             return False

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer

@@ -17,8 +17,8 @@ import inspect
 import logging
 
 from flannel_ext._hooks.loader import import_object
-from flannel_ext._util.errors import HookLoadError
 from flannel_ext._policy.state import PolicyState
+from flannel_ext._util.errors import HookLoadError
 
 POLICY_GROUP = "flannel_ext.policies"
 POLICY_METHODS = ("apply", "update", "clear")
@@ -58,5 +58,5 @@ def load_policy_hook(spec: str) -> PolicyHook:
                                 f"the agent calls `def {method}(self{', ' if args else ''}{args}):`") from None
     try:
         return cls()
-    except Exception as exc:  # noqa: BLE001 - the user's __init__ may raise anything
+    except Exception as exc:
         raise HookLoadError(f"--policy {spec!r}: {name}() failed: {type(exc).__name__}: {exc}") from exc

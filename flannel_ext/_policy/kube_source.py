@@ -13,12 +13,14 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from kubernetes import client, watch as kube_watch
+from kubernetes import client
+from kubernetes import watch as kube_watch
 
-from flannel_ext._stores.kube import api_client
 from flannel_ext._policy.compute import Cluster
+from flannel_ext._stores.kube import api_client
 
 log = logging.getLogger("flannel_ext.policy")
 RESOURCES = ("namespaces", "pods", "networkpolicies")
@@ -43,7 +45,7 @@ class KubeSource:
         self.api, self.deliver = api, deliver
         self.watch_timeout, self.request_timeout, self.backoff_max = watch_timeout, request_timeout, backoff_max
         core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-        self._list = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
+        self._list: dict[str, Callable[..., Any]] = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
                       "networkpolicies": net.list_network_policy_for_all_namespaces}
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
         self._loaded: set[str] = set()
@@ -57,7 +59,7 @@ class KubeSource:
 
     @classmethod
     def from_options(cls, deliver: Callable[[Cluster | Exception], None], kubeconfig: str | None = None,
-                     api_url: str | None = None, **options: Any) -> "KubeSource":
+                     api_url: str | None = None, **options: Any) -> KubeSource:
         return cls(api_client(kubeconfig, api_url), deliver, **options)
 
     def start(self) -> None:

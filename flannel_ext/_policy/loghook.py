@@ -33,8 +33,10 @@ class LogPolicy(PolicyHook):
         self._say(f"generation {old.generation} -> {new.generation}")
         for ip in sorted(set(old.pods) | set(new.pods)):
             before, after = old.pods.get(ip), new.pods.get(ip)
-            if before != after:
-                self._say("  " + ("removed " + describe(before) if after is None else describe(after)))
+            if after is None and before is not None:
+                self._say("  removed " + describe(before))
+            elif after is not None and before != after:
+                self._say("  " + describe(after))
         for rule_id in sorted(set(old.rules) | set(new.rules)):
             if old.rules.get(rule_id) != new.rules.get(rule_id):
                 self._say(f"  peers of {rule_id} changed")

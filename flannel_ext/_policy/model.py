@@ -65,8 +65,8 @@ class IPBlock:
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """`cidr` minus every `except`, as disjoint networks."""
-        nets = [self.cidr]
-        for hole in self.excepts:
+        nets: list[Any] = [self.cidr]
+        for hole in self.excepts:   # (same IP version: checked when parsed)
             nets = [piece for net in nets
                     for piece in ([net] if not net.overlaps(hole) else
                                   [] if net.subnet_of(hole) else net.address_exclude(hole))]
@@ -163,14 +163,14 @@ class _Reader:
                             f"unknown field (known: {', '.join(sorted(allowed))})")
         return value
 
-    def list(self, value: Any, path: str) -> list:
+    def array(self, value: Any, path: str) -> list:
         if value is None:
             return []
         if not isinstance(value, list):
             raise self.fail(path, f"must be a list, got {_typename(value)}")
         return value
 
-    def str(self, value: Any, path: str) -> str:
+    def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
             raise self.fail(path, f"must be a string, got {_typename(value)}")
         return value
@@ -181,22 +181,22 @@ class _Reader:
         if not isinstance(value, dict):
             raise self.fail(path, f"must be a map of strings, got {_typename(value)}")
         for key, item in value.items():
-            self.str(item, f"{path}.{key}")
+            self.string(item, f"{path}.{key}")
         return dict(value)
 
     def selector(self, value: Any, path: str) -> LabelSelector:
         raw = self.obj(value, path, {"matchLabels", "matchExpressions"})
         labels = self.labels(raw.get("matchLabels"), f"{path}.matchLabels")
         reqs = []
-        for i, expr in enumerate(self.list(raw.get("matchExpressions"), f"{path}.matchExpressions")):
+        for i, expr in enumerate(self.array(raw.get("matchExpressions"), f"{path}.matchExpressions")):
             where = f"{path}.matchExpressions[{i}]"
             expr = self.obj(expr, where, {"key", "operator", "values"})
-            key = self.str(expr.get("key"), f"{where}.key")
-            op = self.str(expr.get("operator"), f"{where}.operator")
+            key = self.string(expr.get("key"), f"{where}.key")
+            op = self.string(expr.get("operator"), f"{where}.operator")
             if op not in OPERATORS:
                 raise self.fail(f"{where}.operator", f"invalid operator {op!r} (use {', '.join(OPERATORS)})")
-            values = [self.str(v, f"{where}.values[{j}]")
-                      for j, v in enumerate(self.list(expr.get("values"), f"{where}.values"))]
+            values = [self.string(v, f"{where}.values[{j}]")
+                      for j, v in enumerate(self.array(expr.get("values"), f"{where}.values"))]
             if op in ("In", "NotIn") and not values:
                 raise self.fail(f"{where}.values", f"must be non-empty for operator {op}")
             if op in ("Exists", "DoesNotExist") and values:
@@ -205,7 +205,7 @@ class _Reader:
         return LabelSelector(tuple(sorted(labels.items())), tuple(reqs))
 
     def network(self, value: Any, path: str):
-        text = self.str(value, path)
+        text = self.string(value, path)
         try:
             return ipaddress.ip_network(text, strict=False)
         except ValueError:
@@ -229,12 +229,12 @@ def parse_policy(obj: dict) -> NetworkPolicy:
         raise r.fail("spec.podSelector", "is required (use {} to select every pod in the namespace)")
     selector = r.selector(spec["podSelector"], "spec.podSelector")
     ingress = tuple(_rule(r, rule, f"spec.ingress[{i}]", "from")
-                    for i, rule in enumerate(r.list(spec.get("ingress"), "spec.ingress")))
+                    for i, rule in enumerate(r.array(spec.get("ingress"), "spec.ingress")))
     egress = tuple(_rule(r, rule, f"spec.egress[{i}]", "to")
-                   for i, rule in enumerate(r.list(spec.get("egress"), "spec.egress")))
+                   for i, rule in enumerate(r.array(spec.get("egress"), "spec.egress")))
     if "policyTypes" in spec and spec["policyTypes"] is not None:
-        types = [r.str(t, f"spec.policyTypes[{i}]")
-                 for i, t in enumerate(r.list(spec["policyTypes"], "spec.policyTypes"))]
+        types = [r.string(t, f"spec.policyTypes[{i}]")
+                 for i, t in enumerate(r.array(spec["policyTypes"], "spec.policyTypes"))]
         for i, kind in enumerate(types):
             if kind not in ("Ingress", "Egress"):
                 raise r.fail(f"spec.policyTypes[{i}]", f"invalid value {kind!r} (use Ingress or Egress)")
@@ -250,8 +250,8 @@ def parse_policy(obj: dict) -> NetworkPolicy:
 def _rule(r: _Reader, raw: Any, path: str, peers_key: str) -> Rule:
     raw = r.obj(raw, path, {peers_key, "ports"})
     peers = tuple(_peer(r, p, f"{path}.{peers_key}[{i}]")
-                  for i, p in enumerate(r.list(raw.get(peers_key), f"{path}.{peers_key}")))
-    ports = tuple(_port(r, p, f"{path}.ports[{i}]") for i, p in enumerate(r.list(raw.get("ports"), f"{path}.ports")))
+                  for i, p in enumerate(r.array(raw.get(peers_key), f"{path}.{peers_key}")))
+    ports = tuple(_port(r, p, f"{path}.ports[{i}]") for i, p in enumerate(r.array(raw.get("ports"), f"{path}.ports")))
     return Rule(peers, ports)
 
 
@@ -268,7 +268,7 @@ def _peer(r: _Reader, raw: Any, path: str) -> Peer:
             raise r.fail(f"{path}.ipBlock.cidr", "is required")
         cidr = r.network(block["cidr"], f"{path}.ipBlock.cidr")
         excepts = []
-        for i, item in enumerate(r.list(block.get("except"), f"{path}.ipBlock.except")):
+        for i, item in enumerate(r.array(block.get("except"), f"{path}.ipBlock.except")):
             net = r.network(item, f"{path}.ipBlock.except[{i}]")
             if net.version != cidr.version or not net.subnet_of(cidr):  # type: ignore[arg-type]
                 raise r.fail(f"{path}.ipBlock.except[{i}]", f"{net} is not inside cidr {cidr}")
@@ -282,7 +282,7 @@ def _peer(r: _Reader, raw: Any, path: str) -> Peer:
 
 def _port(r: _Reader, raw: Any, path: str) -> PortSpec:
     raw = r.obj(raw, path, {"protocol", "port", "endPort"})
-    protocol = r.str(raw.get("protocol", "TCP"), f"{path}.protocol")
+    protocol = r.string(raw.get("protocol", "TCP"), f"{path}.protocol")
     if protocol not in PROTOCOLS:
         raise r.fail(f"{path}.protocol", f"invalid protocol {protocol!r} (use TCP, UDP or SCTP)")
     port = raw.get("port")
@@ -311,7 +311,7 @@ def parse_namespace(obj: dict) -> Namespace:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict):
         raise r.fail("metadata", "must be an object")
-    name = r.str(meta.get("name"), "metadata.name")
+    name = r.string(meta.get("name"), "metadata.name")
     labels = r.labels(meta.get("labels"), "metadata.labels")
     labels[NAMESPACE_NAME_LABEL] = name   # as the API server does since Kubernetes 1.21
     return Namespace(name, labels)
@@ -324,8 +324,8 @@ def parse_pod(obj: dict) -> Pod:
     meta = obj.get("metadata") or {}
     if not isinstance(meta, dict):
         raise r.fail("metadata", "must be an object")
-    name = r.str(meta.get("name"), "metadata.name")
-    namespace = r.str(meta.get("namespace") or "default", "metadata.namespace")
+    name = r.string(meta.get("name"), "metadata.name")
+    namespace = r.string(meta.get("namespace") or "default", "metadata.namespace")
     labels = r.labels(meta.get("labels"), "metadata.labels")
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -336,14 +336,14 @@ def parse_pod(obj: dict) -> Pod:
         ip = None   # a host-network pod has the node's IP; a finished pod's IP is reused
     if ip is not None:
         try:
-            ip = str(ipaddress.ip_address(r.str(ip, "status.podIP")))
+            ip = str(ipaddress.ip_address(r.string(ip, "status.podIP")))
         except ValueError:
             raise r.fail("status.podIP", f"invalid IP {ip!r}") from None
     ports = []
-    for i, container in enumerate(r.list(spec.get("containers"), "spec.containers")):
+    for i, container in enumerate(r.array(spec.get("containers"), "spec.containers")):
         if not isinstance(container, dict):
             raise r.fail(f"spec.containers[{i}]", "must be an object")
-        for j, port in enumerate(r.list(container.get("ports"), f"spec.containers[{i}].ports")):
+        for j, port in enumerate(r.array(container.get("ports"), f"spec.containers[{i}].ports")):
             where = f"spec.containers[{i}].ports[{j}]"
             if not isinstance(port, dict) or isinstance(port.get("containerPort"), bool) \
                     or not isinstance(port.get("containerPort"), int):

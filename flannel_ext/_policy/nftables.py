@@ -27,13 +27,12 @@ only the difference (set elements, the chains of pods whose policies changed, ma
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import subprocess
 from dataclasses import dataclass, field
 
-from flannel_ext._util.errors import CommandError
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.state import EGRESS, INGRESS, PodPolicy, PolicyState, RulePeers
+from flannel_ext._util.errors import CommandError
 
 TABLE = "flannel-ext-policy"
 _PEERS_TYPE = "type ipv4_addr; flags interval;"
@@ -50,7 +49,7 @@ class Ruleset:
 
 
 def _is_v4(text: str) -> bool:
-    return ipaddress.ip_network(text, strict=False).version == 4
+    return ":" not in text
 
 
 def _digest(rule_id: str) -> str:
@@ -58,7 +57,7 @@ def _digest(rule_id: str) -> str:
 
 
 def _element(cidr: str) -> str:
-    return cidr[:-3] if cidr.endswith("/32") else cidr
+    return cidr.removesuffix("/32")
 
 
 def _chain_name(direction: str, ip: str) -> str:
@@ -93,28 +92,47 @@ def _chain_rules(pod: PodPolicy, direction: str, rules: dict[str, RulePeers]) ->
     return tuple(dict.fromkeys(out))
 
 
-def build_ruleset(state: PolicyState) -> Ruleset:
-    """The sets, chains and map entries that enforce `state` (IPv4 pods)."""
+def build_ruleset(state: PolicyState, previous: tuple[PolicyState, Ruleset] | None = None) -> Ruleset:
+    """The sets, chains and map entries that enforce `state` (IPv4 pods).
+
+    With `previous` (a state and the ruleset built for it), the chains of unchanged pods and
+    the sets of unchanged peers are reused instead of rendered again: a label change then
+    costs what it changes, not the size of the cluster."""
+    old_state, old_rs = previous if previous else (None, None)
+    reshaped = set(state.rules) if old_state is None else {
+        rid for rid, rule in state.rules.items()
+        if (old := old_state.rules.get(rid)) is None or (old.any, bool(old.named)) != (rule.any, bool(rule.named))}
     rs = Ruleset()
     rs.sets["node_ips"] = ("type ipv4_addr;", frozenset(ip for ip in state.node_ips if _is_v4(ip)))
     used: set[str] = set()
     for pod in state.pods.values():
         if not _is_v4(pod.ip):
             continue
+        before = old_state.pods.get(pod.ip) if old_state is not None else None
+        same = before is not None and (before is pod or before == pod)
         for direction in (INGRESS, EGRESS):
             allows = pod.allows(direction)
             if allows is None:
                 continue
             chain = _chain_name(direction, pod.ip)
-            rs.chains[chain] = _chain_rules(pod, direction, state.rules)  # type: ignore[arg-type]
+            kept = old_rs.chains.get(chain) if same and old_rs is not None else None
+            if kept is None or any(a.rule in reshaped for a in allows):
+                kept = _chain_rules(pod, direction, state.rules)  # type: ignore[arg-type]
+            rs.chains[chain] = kept
             rs.maps[direction][pod.ip] = chain
             used.update(a.rule for a in allows)
     for rule_id in used:
         rule = state.rules[rule_id]
+        names = ([f"p-{_digest(rule_id)}"] if not rule.any else []) + ([f"n-{_digest(rule_id)}"] if rule.named else [])
+        before_rule = old_state.rules.get(rule_id) if old_state is not None else None
+        if old_rs is not None and before_rule is not None and (before_rule is rule or before_rule == rule) \
+                and all(n in old_rs.sets for n in names):
+            rs.sets.update((n, old_rs.sets[n]) for n in names)
+            continue
         if not rule.any:
-            rs.sets[f"p-{_digest(rule_id)}"] = (_PEERS_TYPE, frozenset(_element(c) for c in rule.cidrs if _is_v4(c)))
+            rs.sets[names[0]] = (_PEERS_TYPE, frozenset(_element(c) for c in rule.cidrs if _is_v4(c)))
         if rule.named:
-            rs.sets[f"n-{_digest(rule_id)}"] = (_NAMED_TYPE, frozenset(
+            rs.sets[names[-1]] = (_NAMED_TYPE, frozenset(
                 f"{ip} . {proto.lower()} . {port}" for ip, proto, port in rule.named if _is_v4(ip)))
     return rs
 
@@ -155,9 +173,11 @@ def render_diff(old: Ruleset, new: Ruleset, table: str = TABLE) -> str:
     lines: list[str] = []
     for name, (kind, elems) in sorted(new.sets.items()):
         before = old.sets.get(name)
+        if before is not None and before[1] is elems:
+            continue
         if before is None:
             lines.append(f"add set {t} {name} {{ {kind} }}")
-            gone, added = frozenset(), elems
+            gone, added = frozenset[str](), elems
         else:
             gone, added = before[1] - elems, elems - before[1]
         if gone:
@@ -166,7 +186,7 @@ def render_diff(old: Ruleset, new: Ruleset, table: str = TABLE) -> str:
             lines.append(f"add element {t} {name} {_elements(added)}")
     for name, rules in sorted(new.chains.items()):
         before_rules = old.chains.get(name)
-        if before_rules == rules:
+        if before_rules is rules or before_rules == rules:
             continue
         lines.append(f"add chain {t} {name}" if before_rules is None else f"flush chain {t} {name}")
         lines.extend(f"add rule {t} {name} {r}" for r in rules)
@@ -185,12 +205,29 @@ def render_diff(old: Ruleset, new: Ruleset, table: str = TABLE) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _enable_bridge_netfilter(path: str) -> str:
+    """Set the (per-namespace) sysctl to 1, loading br_netfilter if needed; "" or the error."""
+    try:
+        with open(path, encoding="ascii") as f:
+            if f.read().strip() == "1":
+                return ""   # already on (on a cluster, the manifest's init container sets it)
+    except FileNotFoundError:
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30, check=False)
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write("1\n")
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
 class NftablesPolicy(PolicyHook):
     """Enforce a PolicyState with nftables (see the module docstring for the layout)."""
 
     def __init__(self, table: str = TABLE, netns: str | None = None, nft: str = "nft"):
         self.table, self.netns, self.nft = table, netns, nft
         self.applied: Ruleset | None = None
+        self.state: PolicyState | None = None   # the state `applied` enforces
         self.last_script = ""
         self._bridged = False
 
@@ -200,7 +237,7 @@ class NftablesPolicy(PolicyHook):
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.last_script = script
-        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, stderr=proc.stderr, hook="nftables")
 
@@ -210,34 +247,35 @@ class NftablesPolicy(PolicyHook):
         The sysctl is per network namespace: this changes only the node's own."""
         if self._bridged:
             return
-        argv = ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]
-        argv = ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:   # br_netfilter is a module on most distributions
-            subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
+        path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if self.netns:   # tests and tools driving another namespace
+            argv = ["ip", "netns", "exec", self.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]
+            error = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stderr.strip()
+        else:
+            error = _enable_bridge_netfilter(path)
+        if error:
             self.log.warning("cannot enable br_netfilter (%s): traffic between pods on the same "
-                             "node is not filtered", proc.stderr.strip() or proc.returncode)
+                             "node is not filtered", error)
         self._bridged = True
 
     def apply(self, state: PolicyState) -> None:
         self.ensure_bridge_netfilter()
         ruleset = build_ruleset(state)
-        self.applied = None
+        self.applied, self.state = None, None
         self.run_nft(render_full(ruleset, self.table))
-        self.applied = ruleset
+        self.applied, self.state = ruleset, state
 
     def update(self, old: PolicyState, new: PolicyState) -> None:
-        if self.applied is None:
+        # Diff against what this hook itself last installed, whatever `old` says.
+        if self.applied is None or self.state is None:
             self.apply(new)
             return
-        ruleset = build_ruleset(new)
+        ruleset = build_ruleset(new, (self.state, self.applied))
         script = render_diff(self.applied, ruleset, self.table)
         if script:
             self.run_nft(script)
-        self.applied = ruleset
+        self.applied, self.state = ruleset, new
 
     def clear(self) -> None:
-        self.applied = None
+        self.applied, self.state = None, None
         self.run_nft(f"add table inet {self.table}\ndelete table inet {self.table}\n")

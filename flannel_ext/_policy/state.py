@@ -12,8 +12,8 @@ a peer's labels change.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 INGRESS, EGRESS = "ingress", "egress"
 
@@ -33,9 +33,11 @@ class PortRange:
 
 @dataclass(frozen=True)
 class RulePeers:
-    """Who one policy rule allows: `any` peer, or the `cidrs` (pod IPs as /32, ipBlocks with
+    """Who a policy rule allows: `any` peer, or the `cidrs` (pod IPs as /32, ipBlocks with
     their excepts cut out; disjoint and sorted). `named` holds (peer IP, protocol, port) for
-    an egress rule's named ports, which resolve per destination pod."""
+    an egress rule's named ports, which resolve per destination pod. Rules that allow the
+    same peers (the same selectors, in any policy) share one RulePeers; `id` is stable for
+    as long as those selectors exist, so a hook can keep one set per id."""
 
     id: str
     direction: str

@@ -95,7 +95,7 @@ def node(netns_prefix):
 def reach(ns: str, dst: str, port: int, proto: str = "TCP") -> bool:
     ip = PODS[dst][0]
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, proto, ip, str(port)],
-                          timeout=10).returncode == 0
+                          timeout=10, check=False).returncode == 0
 
 
 def cluster(policies, labels=None, generation=1) -> Cluster:
@@ -192,3 +192,38 @@ def test_clear_removes_enforcement(node):
     hook.clear()
     assert reach(pods["b"], "a", 80)
     assert sh(["ip", "netns", "exec", ns, "nft", "list", "ruleset"]).stdout.strip() == ""
+
+
+def test_daemon_enforces_the_file_source_and_keeps_it_across_a_restart(underlay, netns_prefix, tmp_path,
+                                                                         daemons):
+    from flannel_ext._util.files import write_atomic
+    from flannel_ext.testing import NodeDaemon, wait_for
+    ns = f"{netns_prefix}n0"
+    underlay.add_node(ns, 0)
+    source = tmp_path / "policy" / "cluster.json"
+    node = NodeDaemon(ns, "recipes/host-gw.json", f"sqlite:{tmp_path}/leases.db", tmp_path,
+                      extra=["--policy", "nftables", "--policy-source", f"file:{source}"])
+    daemons.append(node)
+    node.start()
+    status_file = node.state_dir / "policy-status.json"
+
+    def generation():
+        try:
+            return json.loads(status_file.read_text())["generation"]
+        except (OSError, ValueError, KeyError):
+            return None
+    doc = {"generation": 5, "namespaces": [{"metadata": {"name": "x"}}],
+           "pods": [{"metadata": {"name": "a", "namespace": "x", "labels": {"role": "db"}},
+                     "spec": {"nodeName": ns}, "status": {"podIP": "10.244.7.2"}}],
+           "networkpolicies": [DB_FROM_FRONTEND]}
+    write_atomic(str(source), json.dumps(doc))
+    wait_for(lambda: generation() == 5, 20, what="generation 5 in policy-status.json")
+    before = table(ns)
+    ingress = next(i["map"] for i in before["nftables"] if "map" in i and i["map"]["name"] == "ingress")
+    assert ingress["elem"][0][0] == "10.244.7.2"
+    assert node.stop() == 0
+    assert table(ns) == before   # a stopped daemon leaves the rules enforcing: no open window
+    status_file.unlink()
+    node.start()
+    wait_for(lambda: generation() == 5, 20, what="generation 5 again after the restart")
+    assert table(ns) == before
