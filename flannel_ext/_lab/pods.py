@@ -66,12 +66,18 @@ def invoke_cni(lab: Lab, node: Node, command: str, pod: str) -> dict:
 
 
 def server_specs(pod: Pod) -> list[str]:
-    """``PORT/PROTO`` for the lab's port and every declared one (SCTP only if the kernel has it)."""
+    """``PORT/PROTO`` for the lab's port and every declared one.
+
+    The server skips (and logs) a protocol the kernel lacks; for SCTP the lab first tries
+    `modprobe sctp`.
+    """
     specs = [f"{PORT}/TCP"]
     for port in pod.ports:
         spec = f"{port['containerPort']}/{port.get('protocol', 'TCP')}"
-        if spec not in specs and not (spec.endswith("/SCTP") and not sctp_available()):
+        if spec not in specs:
             specs.append(spec)
+    if any(s.endswith("/SCTP") for s in specs):
+        sctp_available()
     return specs
 
 

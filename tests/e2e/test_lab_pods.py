@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from policy_lab import PODS, REPO, Reachability, lab_cmd, node_of, ok, pods_yaml
 
+from flannel_ext._lab.pods import sctp_available
 from flannel_ext._lab.state import lab_dir
 
 
@@ -121,3 +122,19 @@ def test_bad_pods_file_and_bad_apply_are_one_line(lab_name, tmp_path):
     assert doc["generation"] > before
     assert doc["namespaces"] == [{"apiVersion": "v1", "kind": "Namespace",
                                   "metadata": {"name": "x", "labels": {"team": "blue"}}}]
+
+
+def test_sctp_is_served_when_the_kernel_has_it(lab_name, tmp_path):
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("".join(f"---\nkind: Pod\nmetadata: {{name: {p}}}\nspec: {{nodeName: n1, containers: "
+                            f"[{{ports: [{{containerPort: 90, protocol: SCTP}}]}}]}}\n" for p in "ab"))
+    ok(lab_cmd("up", "--name", lab_name, "--nodes", "1", "--net-conf", str(REPO / "recipes" / "host-gw.json"),
+               "--pods", str(pods), "--no-policy"))
+    proc = lab_cmd("check", "--name", lab_name, "--port", "90", "--protocol", "SCTP", "--json")
+    log = (pathlib.Path(lab_dir(lab_name)) / "pods" / f"{lab_name}-n1-pod1.log").read_text()
+    if sctp_available():
+        assert proc.returncode == 0 and json.loads(proc.stdout)["summary"]["allowed"] == 2
+        assert "serving 90/SCTP" in log
+    else:  # skipped cleanly: one line from the server, one from check, the TCP port still served
+        assert proc.returncode == 1 and "this kernel has no SCTP" in proc.stderr and "Traceback" not in proc.stderr
+        assert "not serving 90/SCTP" in log and "serving 7777/TCP" in log
