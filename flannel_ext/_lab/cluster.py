@@ -17,6 +17,7 @@ the lab's own (made by ``lab up --pods``); `apply` changes only their labels.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -151,9 +152,16 @@ def load(lab: Lab) -> dict:
 
 
 def save(lab: Lab, doc: dict) -> int:
-    """Write `doc` with the next generation (atomically: the agents never see half a file)."""
+    """Write `doc` with the next generation (atomically: the agents never see half a file).
+
+    The temporary file is written in a subdirectory, so the rename into the watched lab
+    directory is a lone IN_MOVED_TO there: watchdog holds an IN_MOVED_FROM for up to 0.5 s
+    to pair it, and a pair split across two inotify reads stalls its event queue that long.
+    """
     doc["generation"] = int(doc.get("generation", 0)) + 1
-    write_atomic(lab.cluster_file, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    staging = os.path.join(lab.dir, ".staging", "cluster.json")
+    write_atomic(staging, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(staging, lab.cluster_file)
     return doc["generation"]
 
 

@@ -7,6 +7,7 @@ on tmpfs like ``/run/netns``, so a reboot forgets both together)::
     lock                flock'd by every command that changes the lab
     store.db            the default SQLite lease store
     cluster.json        namespaces, pods and network policies for the nodes' policy agents
+    .staging/           where cluster.json is written before its rename (see cluster.save)
     nodes/<node>/       subnet.env, flannel-ext.log, state/ (stats.json), cni/, ipam/, cni.conf
     pods/<pod>.log      the pod's listener output
 
