@@ -160,6 +160,7 @@ def _apply(args) -> int:
     from flannel_ext._lab import cluster, daemons
     documents = cluster.read_documents(args.filename)
     start = time.monotonic()
+    Lab.load(args.name)  # a missing lab is an error, before `locked` makes its directory
     with locked(args.name):
         lab = Lab.load(args.name)
         doc = cluster.load(lab)

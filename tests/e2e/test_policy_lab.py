@@ -136,6 +136,8 @@ def test_bad_policies_are_rejected_counted_and_the_rest_enforced(netpol_lab, tmp
     assert "rejected networkpolicy x/deny" not in proc.stdout
     # The good one is enforced; the bad ones did not isolate anything in y.
     check_table(name, tmp_path, 80, "TCP", Reachability().expect("*", "x/*", False))
+    matrix = lab_cmd("check", "--name", name, "--no-icmp", "--timeout", "1")
+    assert matrix.returncode == 1 and "5 NetworkPolicies are in force and may block it" in matrix.stdout
     status = json.loads(ok(lab_cmd("status", "--name", name, "--json")))
     for node in status["nodes"]:
         policy = node["policy"]
