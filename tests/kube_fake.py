@@ -88,6 +88,7 @@ class FakeKubeAPI:
         self._closed = False
         self.patch_log: list[tuple[str, str, bytes]] = []
         self.requests: list[tuple[str, str]] = []   # (method, path with query)
+        self.forbidden: set[str] = set()   # resources whose list/watch answer 403 (missing RBAC)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.fake = self
@@ -223,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         resource = next((r for r, (path, *_) in _LISTS.items() if parts == path), None)
         if resource is not None:
+            if resource in fake.forbidden:
+                return self._send_json(403, _status(403, "Forbidden", f"cannot list resource {resource!r}"))
             if query.get("watch") in ("true", "1"):
                 return self._watch(query, resource)
             kind, api_version = _LISTS[resource][1:]
@@ -318,7 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def kube_api(tmp_path):
     """A running `FakeKubeAPI` with `.url`, `.kubeconfig_path`, `.add_node`, `.node`,
-    `.delete_node`, `.update_node`, `.add_pod`, `.put`, `.delete`, `.compact` and `.patch_log`."""
+    `.delete_node`, `.update_node`, `.add_pod`, `.put`, `.delete`, `.compact`, `.forbidden` and
+    `.patch_log`."""
     fake = FakeKubeAPI(tmp_path)
     yield fake
     fake.close()

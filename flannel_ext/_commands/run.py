@@ -230,7 +230,9 @@ def _policy_source(args) -> str | None:
 def _start_policy(args):
     from flannel_ext._policy.agent import start_agent
     kube = {"kubeconfig": args.kubeconfig_file, "api_url": args.kube_api_url}
-    return start_agent(args.policy_hook, _policy_source(args), args.node_name, args.state_dir, kube)
+    source = _policy_source(args)
+    assert source is not None   # _operations calls this only with --policy
+    return start_agent(args.policy_hook, source, args.node_name, args.state_dir, kube)
 
 
 def _start_reload_watch(args, runtime: NodeRuntime):

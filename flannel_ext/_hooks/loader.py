@@ -158,7 +158,8 @@ def _import(module_name: str, spec: str, source: str):
         path = _resolve(module_name, source)
         if not path.is_file():
             base = "the current" if source.startswith("--") else "the net-conf file's"
-            raise _error(source, spec, f"file {path} not found", f"relative paths are resolved against {base} directory")
+            raise _error(source, spec, f"file {path} not found",
+                         f"relative paths are resolved against {base} directory")
         # A fresh module name per load: a hot reload must run the edited file, not a cache.
         name = f"flannel_ext_hook_{path.stem}_{next(_file_modules)}"
         loader_spec = importlib.util.spec_from_file_location(name, path)

@@ -14,13 +14,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from pyroute2 import IPRoute
 
 from flannel_ext._policy.compute import Cluster, PolicyComputer
+from flannel_ext._policy.file_source import FileSource
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.model import PolicyRejected
 from flannel_ext._policy.state import PolicyState
 from flannel_ext._util.files import write_atomic
-from flannel_ext._util.netns import ip_json
+
+if TYPE_CHECKING:
+    from flannel_ext._policy.kube_source import KubeSource
 
 log = logging.getLogger("flannel_ext.policy")
 STATUS_FILE = "policy-status.json"
@@ -29,9 +35,11 @@ RETRY_MAX = 30.0
 
 
 def local_addresses() -> list[str]:
-    """Every address of this network namespace (the node's own IPs, cni0's gateway too)."""
-    return [a["local"] for link in ip_json(None, "addr", "show") for a in link.get("addr_info", [])
-            if a.get("local") and a.get("scope") != "host"]
+    """Every address of this network namespace (the node's own IPs, cni0's gateway too),
+    by netlink in-process: it is read before every apply, so no `ip` fork."""
+    with IPRoute() as ipr:
+        return [str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+                if a["scope"] != 254 and (a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))]  # 254: host
 
 
 class PolicyAgent:
@@ -44,6 +52,8 @@ class PolicyAgent:
         self.applied: PolicyState | None = None      # the last state the hook accepted
         self.generation: int | None = None
         self._pending: Cluster | Exception | None = None
+        self._rejected: list[PolicyRejected] = []   # of the last snapshot processed
+        self._logged: set[str] = set()
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="policy-agent", daemon=True)
@@ -92,7 +102,10 @@ class PolicyAgent:
     def process(self, cluster: Cluster) -> bool:
         """Compute and enforce one snapshot; True when the hook accepted it."""
         for rejection in cluster.rejected:
-            log.warning("rejected %s", rejection)
+            if str(rejection) not in self._logged:   # once per problem, not per snapshot
+                log.warning("rejected %s", rejection)
+        self._logged = {str(r) for r in cluster.rejected}
+        self._rejected = list(cluster.rejected)
         try:
             state = self.computer.compute(cluster, self.node_ips())
         except Exception as exc:
@@ -120,7 +133,7 @@ class PolicyAgent:
         return error is None
 
     def _write_status(self, cluster: Cluster | None, *, error: str | None, local_pods: int | None = None) -> None:
-        rejected = cluster.rejected if cluster is not None else []
+        rejected = cluster.rejected if cluster is not None else self._rejected
         status = {
             "generation": self.generation,
             "applied": time.time(),
@@ -130,7 +143,10 @@ class PolicyAgent:
             (len(self.applied.pods) if self.applied else 0),
             "error": error,
         }
-        write_atomic(self.status_path, json.dumps(status, sort_keys=True) + "\n")
+        try:
+            write_atomic(self.status_path, json.dumps(status, sort_keys=True) + "\n")
+        except OSError as exc:   # the policy is enforced all the same; say why nobody can see it
+            log.error("cannot write %s: %s", self.status_path, exc)
 
 
 def _rejection(exc: PolicyRejected) -> dict:
@@ -153,18 +169,17 @@ def start_agent(hook: PolicyHook, source_spec: str, node_name: str, state_dir: s
     """Start the agent and its source; returns the function that stops both."""
     kind, path = parse_source(source_spec)
     agent = PolicyAgent(hook, node_name, state_dir)
-    source: object
+    source: FileSource | KubeSource
     if kind == "file":
-        from flannel_ext._policy.file_source import FileSource
         source = FileSource(path, agent.submit)
     else:
-        from flannel_ext._policy.kube_source import KubeSource
+        from flannel_ext._policy.kube_source import KubeSource   # imports the kubernetes client
         source = KubeSource.from_options(agent.submit, **(kube_options or {}))
     agent.start()
-    source.start()  # type: ignore[attr-defined]
+    source.start()
     log.info("network policy: hook %s, source %s", type(hook).__name__, source_spec)
 
     def stop() -> None:
-        source.stop()  # type: ignore[attr-defined]
+        source.stop()
         agent.stop()
     return stop

@@ -49,8 +49,7 @@ class Cluster:
                      policies: Iterable[Any]) -> Cluster:
         """Parse raw API objects; each invalid one is rejected alone."""
         out = cls(generation=generation)
-        for kind, items, parse in (("Namespace", namespaces, parse_namespace), ("Pod", pods, parse_pod),
-                                   ("NetworkPolicy", policies, parse_policy)):
+        for items, parse in ((namespaces, parse_namespace), (pods, parse_pod), (policies, parse_policy)):
             for raw in items:
                 try:
                     obj = parse(raw)
@@ -105,8 +104,8 @@ class PolicyComputer:
                 and prev.policies == cluster.policies:
             # Keep the objects the caches are keyed by (the same content).
             cluster.namespaces, cluster.policies = prev.namespaces, prev.policies
-            changed = _changed_pods(prev, cluster)
-            self._resolver.refresh(cluster, changed)
+            changed, now = _changed_pods(prev, cluster)
+            self._resolver.refresh(cluster, changed, now)
         else:
             self._resolver = Resolver(cluster)
         self._cluster = cluster
@@ -132,10 +131,13 @@ class PolicyComputer:
                            node_ips=tuple(sorted(set(node_ips))))
 
 
-def _changed_pods(prev: Cluster, new: Cluster) -> set[str]:
+def _changed_pods(prev: Cluster, new: Cluster) -> tuple[set[str], dict[str, Pod]]:
+    """The keys of pods added, removed or different, and the new pods by key."""
     before = {p.key: p for p in prev.pods}
     after = {p.key: p for p in new.pods}
-    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    changed = {k for k, pod in after.items() if (old := before.get(k)) is None or old != pod}
+    changed.update(k for k in before if k not in after)
+    return changed, after
 
 
 def _has_named(rule: Rule) -> bool:

@@ -21,6 +21,7 @@ from kubernetes import watch as kube_watch
 
 from flannel_ext._policy.compute import Cluster
 from flannel_ext._stores.kube import api_client
+from flannel_ext._util.errors import StoreError
 
 log = logging.getLogger("flannel_ext.policy")
 RESOURCES = ("namespaces", "pods", "networkpolicies")
@@ -45,8 +46,9 @@ class KubeSource:
         self.api, self.deliver = api, deliver
         self.watch_timeout, self.request_timeout, self.backoff_max = watch_timeout, request_timeout, backoff_max
         core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-        self._list: dict[str, Callable[..., Any]] = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
-                      "networkpolicies": net.list_network_policy_for_all_namespaces}
+        self._list: dict[str, Callable[..., Any]] = {
+            "namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
+            "networkpolicies": net.list_network_policy_for_all_namespaces}
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
         self._loaded: set[str] = set()
         self._rv = 0
@@ -111,15 +113,21 @@ class KubeSource:
                 rv = None
                 if exc.status != 410:   # 410 Gone: the history was compacted; re-list now
                     delay = min(max(delay * 2, 0.1), self.backoff_max)
-                    log.warning("policy source: watching %s failed: %s %s", resource, exc.status, exc.reason)
+                    self._failed(resource, f"{exc.status} {exc.reason}")
                 else:
                     log.info("policy source: %s watch expired (410 Gone); listing again", resource)
             except Exception as exc:  # noqa: BLE001 - connection errors; keep the thread alive
                 rv, delay = None, min(max(delay * 2, 0.1), self.backoff_max)
                 if not self._stop.is_set():
-                    log.warning("policy source: watching %s failed: %s", resource, exc)
+                    self._failed(resource, str(exc))
             if delay:
                 self._stop.wait(delay)
+
+    def _failed(self, resource: str, why: str) -> None:
+        """Log, and tell the agent (its status shows it; the last policy stays enforced)."""
+        hint = " (the service account needs list and watch on it: manifest --policy)" if why.startswith("403") else ""
+        log.warning("policy source: watching %s failed: %s%s", resource, why, hint)
+        self.deliver(StoreError(f"kube policy source: watching {resource} failed: {why}{hint}"))
 
     def _relist(self, resource: str) -> int:
         resp = self._list[resource](_preload_content=False, _request_timeout=self.request_timeout)

@@ -7,6 +7,7 @@ Pods and namespaces are read leniently: only the fields policy needs are looked 
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,8 +125,8 @@ class Pod:
     ip: str | None = None
     ports: tuple[ContainerPort, ...] = ()
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:   # looked up for every pod on every computation
         return f"{self.namespace}/{self.name}"
 
     def named_port(self, name: str, protocol: str) -> int | None:
@@ -270,7 +271,7 @@ def _peer(r: _Reader, raw: Any, path: str) -> Peer:
         excepts = []
         for i, item in enumerate(r.array(block.get("except"), f"{path}.ipBlock.except")):
             net = r.network(item, f"{path}.ipBlock.except[{i}]")
-            if net.version != cidr.version or not net.subnet_of(cidr):  # type: ignore[arg-type]
+            if net.version != cidr.version or not net.subnet_of(cidr):
                 raise r.fail(f"{path}.ipBlock.except[{i}]", f"{net} is not inside cidr {cidr}")
             excepts.append(net)
         return Peer(ip_block=IPBlock(cidr, tuple(excepts)))

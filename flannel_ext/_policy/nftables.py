@@ -27,12 +27,13 @@ only the difference (set elements, the chains of pods whose policies changed, ma
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.state import EGRESS, INGRESS, PodPolicy, PolicyState, RulePeers
-from flannel_ext._util.errors import CommandError
+from flannel_ext._util.errors import CommandError, FlannelExtError
 
 TABLE = "flannel-ext-policy"
 _PEERS_TYPE = "type ipv4_addr; flags interval;"
@@ -225,6 +226,8 @@ class NftablesPolicy(PolicyHook):
     """Enforce a PolicyState with nftables (see the module docstring for the layout)."""
 
     def __init__(self, table: str = TABLE, netns: str | None = None, nft: str = "nft"):
+        if shutil.which(nft) is None:
+            raise FlannelExtError(f"{nft!r} not found on PATH; install nftables (apt-get install nftables)")
         self.table, self.netns, self.nft = table, netns, nft
         self.applied: Ruleset | None = None
         self.state: PolicyState | None = None   # the state `applied` enforces

@@ -120,11 +120,11 @@ class Resolver:
                                     named=_named(group.rule, pods, group.direction))
         self.peers_by_id[peer_id] = group.peers
 
-    def refresh(self, cluster: Cluster, changed: set[str]) -> None:
-        """Switch to `cluster`, whose pods differ from the current ones only in `changed`
-        (keys "ns/name"; namespaces and policies are the same objects)."""
+    def refresh(self, cluster: Cluster, changed: set[str], by_key: dict[str, Pod]) -> None:
+        """Switch to `cluster`, whose pods (`by_key`) differ from the current ones only in
+        `changed` (keys "ns/name"; namespaces and policies are the same objects)."""
         self._use(cluster)
-        now = {p.key: p for p in cluster.pods if p.key in changed and p.ip}
+        now = {k: pod for k in changed if (pod := by_key.get(k)) is not None and pod.ip}
         for key, group in self.groups.items():
             if not group.rule.peers:
                 if group.direction == EGRESS and any(isinstance(s.port, str) for s in group.rule.ports):

@@ -155,3 +155,53 @@ def test_log_hook_describes_changes():
     hook.update(one, two)
     assert "x/a (10.0.0.2): ingress 0 rule(s), egress open" in "\n".join(hook.lines)
     assert hook.lines[-1] == "  x/a (10.0.0.2): ingress open, egress open"
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--policy", "nftables", "--store", "sqlite:/nonexistent/x.db"], "--policy: needs --policy-source"),
+    (["--policy-source", "kube", "--store", "sqlite:/nonexistent/x.db"], "--policy-source: needs --policy"),
+    (["--policy", "nftables", "--policy-source", "etcd"], "must be file:PATH or kube"),
+    (["--policy", "nftabels", "--policy-source", "file:/x.json"], "did you mean 'nftables'"),
+])
+def test_run_checks_policy_flags_first(capsys, argv, words):
+    from flannel_ext.cli import main
+    assert main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_kube_store_defaults_the_source_to_kube():
+    import argparse
+
+    from flannel_ext._commands import run
+    parser = argparse.ArgumentParser()
+    run.register(parser.add_subparsers())
+    args = parser.parse_args(["run", "--kube-subnet-mgr", "--policy", "log"])
+    assert run._policy_source(args) == "kube"
+    args = parser.parse_args(["run", "--policy", "log", "--policy-source", "file:/tmp/c.json"])
+    assert run._policy_source(args) == "file:/tmp/c.json"
+
+
+def test_agent_with_the_kube_source_reports_the_resource_version(tmp_path):
+    from kube_fake import FakeKubeAPI
+
+    from flannel_ext._policy.agent import start_agent
+    fake = FakeKubeAPI(tmp_path)
+    try:
+        fake.put("pods", {"metadata": {"name": "a", "namespace": "x", "labels": {"app": "db"}},
+                          "spec": {"nodeName": "n1"}, "status": {"podIP": "10.0.0.2"}})
+        fake.put("networkpolicies", {"metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}})
+        hook = Recorder()
+        stop = start_agent(hook, "kube", "n1", str(tmp_path / "state"), {"kubeconfig": str(fake.kubeconfig_path)})
+        try:
+            path = tmp_path / "state" / "policy-status.json"
+            wait_for(lambda: path.exists() and json.loads(path.read_text())["generation"] == fake.resource_version,
+                     10, what="the status at the fake's resourceVersion")
+            assert json.loads(path.read_text())["local_pods"] == 1
+            fake.delete("networkpolicies", "x", "deny")
+            wait_for(lambda: json.loads(path.read_text())["generation"] == fake.resource_version, 10)
+            assert hook.calls[0][0] == "apply" and hook.calls[-1][0] == "update"
+        finally:
+            stop()
+    finally:
+        fake.close()

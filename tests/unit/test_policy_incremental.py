@@ -29,7 +29,8 @@ POLICIES = [
                    {"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.1.0/24"]}}]}]}},
     {"metadata": {"name": "deny", "namespace": "y"}, "spec": {"podSelector": {"matchLabels": {"tier": "back"}}}},
 ]
-NAMESPACES = [{"metadata": {"name": "x", "labels": {"team": "a"}}}, {"metadata": {"name": "y", "labels": {"team": "b"}}}]
+NAMESPACES = [{"metadata": {"name": "x", "labels": {"team": "a"}}},
+              {"metadata": {"name": "y", "labels": {"team": "b"}}}]
 
 
 def test_incremental_equals_fresh_over_random_changes():

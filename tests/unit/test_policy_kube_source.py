@@ -31,10 +31,10 @@ def source(kube_api):  # noqa: F811
 
 
 def next_cluster(got: queue.Queue, until=lambda c: True, timeout: float = 10.0) -> Cluster:
+    """The next snapshot satisfying `until`; source errors (a broken watch) are skipped."""
     while True:
         item = got.get(timeout=timeout)
-        assert isinstance(item, Cluster), item
-        if until(item):
+        if isinstance(item, Cluster) and until(item):
             return item
 
 
@@ -44,7 +44,8 @@ def local(cluster: Cluster):
 
 def test_initial_list_then_watch_events(source, kube_api):  # noqa: F811
     src, got = source
-    first = next_cluster(got)
+    first = got.get(timeout=10)
+    assert isinstance(first, Cluster)
     assert first.generation == kube_api.resource_version
     assert local(first)["10.0.0.2"].ingress == ()
     assert first.namespaces["x"].labels == {"team": "blue", "kubernetes.io/metadata.name": "x"}
@@ -95,3 +96,20 @@ def test_pod_without_ip_waits_for_one(source, kube_api):  # noqa: F811
     kube_api.put("pods", pod("c", {"app": "db"}, ip="10.0.0.4"))
     cluster = next_cluster(got, lambda c: c.generation == kube_api.resource_version)
     assert set(local(cluster)) == {"10.0.0.2", "10.0.0.4"}
+
+
+def test_a_failing_watch_is_reported_to_the_agent(kube_api):  # noqa: F811
+    got: queue.Queue = queue.Queue()
+    src = KubeSource.from_options(got.put, kubeconfig=str(kube_api.kubeconfig_path), watch_timeout=1,
+                                  backoff_max=0.2)
+    src.start()
+    try:
+        assert isinstance(got.get(timeout=10), Cluster)
+        kube_api.forbidden.add("pods")   # RBAC taken away: the next watch and list get 403
+        error = next(item for item in iter(lambda: got.get(timeout=10), None) if isinstance(item, Exception))
+        assert str(error).startswith("kube policy source: watching pods failed: 403")
+        assert "manifest --policy" in str(error)
+        kube_api.forbidden.clear()
+        assert isinstance(next_cluster(got), Cluster)   # recovered: snapshots again
+    finally:
+        src.stop()

@@ -8,7 +8,10 @@ PEERS = RulePeers("abc", "ingress", cidrs=("10.0.1.0/24", "10.0.2.7/32"))
 NAMED = RulePeers("def", "egress", any=True, named=(("10.0.2.7", "TCP", 8080),))
 
 
-def state(peers=PEERS, ports=(PortRange("TCP", 80), PortRange("SCTP", 90, 100), PortRange("UDP"))):
+PORTS = (PortRange("TCP", 80), PortRange("SCTP", 90, 100), PortRange("UDP"))
+
+
+def state(peers=PEERS, ports=PORTS):
     pod = PodPolicy("10.0.0.2", "x", "a", ingress=(Allow("abc", ports),), egress=(Allow("def", ()),))
     return PolicyState("n1", 1, {"10.0.0.2": pod, "10.0.0.3": PodPolicy("10.0.0.3", "x", "b")},
                        {"abc": peers, "def": NAMED}, ("10.0.0.1",))
