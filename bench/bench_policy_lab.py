@@ -92,7 +92,9 @@ def ms(values: list[float]) -> str:
 def latency(lab: Lab, tmp: pathlib.Path, repeat: int, src: str, ip: str) -> dict[str, list[float]]:
     on, off = documents(POLICY, tmp), documents(POLICY, tmp)
     out: dict[str, list[float]] = {"status": [], "packets": [], "baseline": []}
-    running = lambda n: daemons.running(lab, n)
+    def running(node) -> bool:
+        return daemons.running(lab, node)
+
     for i in range(repeat):
         t0, gen = write(lab, lambda doc: cluster.apply(doc, on))
         cluster.wait_generation(lab, gen, 30, running)

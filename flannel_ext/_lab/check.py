@@ -40,7 +40,7 @@ class _Kernel:
         self.node = node
         self.routes = ip_json(node.ns, "route", "show")
         self.neigh = ip_json(node.ns, "neigh", "show")
-        self.links = {l["ifname"]: l for l in ip_json(node.ns, "-d", "link", "show")}
+        self.links = {link["ifname"]: link for link in ip_json(node.ns, "-d", "link", "show")}
         try:
             self.fdb = json.loads(sh(["bridge", "-n", node.ns, "-j", "fdb", "show"], check=False).stdout or "[]")
         except ValueError:

@@ -6,13 +6,14 @@ daemon itself. Its stderr goes to ``nodes/<node>/flannel-ext.log``; it writes
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
 import time
 
 from flannel_ext._util.netns import ip_json
-from flannel_ext._cni.plugin import CniError, parse_subnet_env
+from flannel_ext._runtime import subnetenv
 from flannel_ext._lab.state import Lab, LabError, Node
 from flannel_ext._lab.topology import alive, spawn
 
@@ -52,12 +53,12 @@ def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
 
 
 def read_subnet(lab: Lab, node: Node) -> str:
-    """The node's lease (subnet network) from its subnet.env, or "" while it has none."""
+    """The node's lease (subnet network, e.g. 10.50.29.0/24) from its subnet.env, or "" while it has none."""
+    value = subnetenv.read(lab.subnet_env(node.name)).get("FLANNEL_SUBNET", "")
     try:
-        env = parse_subnet_env(lab.subnet_env(node.name))
-    except CniError:
+        return str(ipaddress.ip_network(value, strict=False)) if value else ""
+    except ValueError:
         return ""
-    return env["subnets"][0] if env["subnets"] else ""
 
 
 def wait_leases(lab: Lab, nodes: list[Node], timeout: float) -> None:

@@ -156,7 +156,7 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
             for item in [r for r in retry if r[0] <= now]:
                 retry.remove(item)
                 open_tcp(item[1], item[2], item[3])
-            for key, events in sel.select(timeout=0.02):
+            for key, _events in sel.select(timeout=0.02):
                 data = key.data
                 if isinstance(data, tuple):
                     _read_icmp(raws[data[1]], data[1], pods, index, base, results)

@@ -69,7 +69,7 @@ def format_text(table: Table) -> str:
     for src in table.pods:
         cells = ["-" if src == dst else "." if table.cells[(src, dst)] else "X" for dst in table.pods]
         # Each mark under the last character of its column's name.
-        lines.append(f"{src:<{width}} " + " ".join(f"{c:>{len(n)}}" for c, n in zip(cells, table.pods)))
+        lines.append(f"{src:<{width}} " + " ".join(f"{c:>{len(n)}}" for c, n in zip(cells, table.pods, strict=True)))
     lines.append("(. allowed, X blocked, - self)")
     return "\n".join(lines)
 
@@ -117,7 +117,7 @@ def parse_text(text: str, where: str = "table") -> dict[tuple[str, str], bool]:
         src, marks = words[0], words[1:]
         if len(marks) != len(header):
             raise LabError(f"--expect {where} line {n}: {len(marks)} cells for {len(header)} columns")
-        for dst, mark in zip(header, marks):
+        for dst, mark in zip(header, marks, strict=True):
             if src == dst:
                 continue
             if mark not in (".", "X", "x"):

@@ -103,10 +103,12 @@ def test_bad_pods_file_and_bad_apply_are_one_line(lab_name, tmp_path):
     pods.write_text("kind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1}\n")
     ok(lab_cmd("up", "--name", lab_name, "--nodes", "1", "--net-conf", net_conf, "--pods", str(pods),
                "--no-policy"))
-    proc = lab_cmd("apply", "--name", lab_name, "-f", "-", input="kind: Pod\nmetadata: {name: zz, namespace: x}\n")
+    proc = lab_cmd("apply", "--name", lab_name, "-f", "-",
+                   input="kind: Pod\nmetadata: {name: zz, namespace: x}\n")
     assert proc.returncode != 0 and "no pod x/zz in this lab" in proc.stderr and "Traceback" not in proc.stderr
     proc = lab_cmd("delete", "--name", lab_name, "-f", "-",
-                   input="kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: gone, namespace: x}\n")
+                   input="kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\n"
+                         "metadata: {name: gone, namespace: x}\n")
     assert proc.returncode == 1 and "networkpolicy x/gone not found" in proc.stdout
     # Labels applied to a pod and a namespace land in cluster.json, bumping its generation.
     with open(os.path.join(lab_dir(lab_name), "cluster.json")) as f:
