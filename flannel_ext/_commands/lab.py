@@ -1,6 +1,6 @@
 """`flannel-ext lab`: a multi-node cluster in namespaces on this machine (Documentation/lab.md).
 
-Subcommands: up, check, add-node, rm-node, status, logs, down. Each takes ``--name``
+Subcommands: up, check, apply, delete, add-node, rm-node, status, logs, down. Each takes ``--name``
 (default ``lab``) so several labs can live side by side.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from flannel_ext._lab.state import Lab, LabError, list_labs
+from flannel_ext._lab.state import Lab, LabError, list_labs, locked
 
 # `check` and `ops` (ctypes, subprocess pools) are imported by the handlers, so that
 # `flannel-ext` with any other subcommand, e.g. every node's `run`, does not pay for them.
@@ -41,13 +41,28 @@ def register(subparsers) -> None:
     p.add_argument("--no-watch", dest="watch", action="store_false",
                    help="run the daemons without --watch (no hot reload)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per waiting step")
+    p.add_argument("--pods", metavar="FILE", dest="pods_file",
+                   help="multi-document YAML of v1 Namespace and Pod objects (spec.nodeName n1, n2, ...) "
+                        "instead of --pods-per-node; each pod serves its declared containerPorts")
+    p.add_argument("--policy", default="nftables", metavar="HOOK",
+                   help="the nodes' network-policy hook (default %(default)s), fed from cluster.json")
+    p.add_argument("--no-policy", dest="policy", action="store_const", const="",
+                   help="run the daemons without a policy agent")
 
-    p = parser("check", "all-pairs pod-to-pod connectivity (TCP + ICMP); non-zero exit on failure", _check)
+    p = parser("check", "all-pairs pod-to-pod connectivity (TCP + ICMP), or one port's truth table", _check)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-icmp", dest="icmp", action="store_false", help="TCP only")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per probe round (default %(default)s)")
+    p.add_argument("--port", type=int, metavar="P",
+                   help="probe this port of every pod and print the reachability truth table")
+    p.add_argument("--protocol", default="TCP", type=str.upper, choices=("TCP", "UDP", "SCTP"),
+                   help="with --port (default %(default)s)")
+    p.add_argument("--expect", metavar="FILE",
+                   help="with --port: the expected table (text or --json form); exit 1 on any difference")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per probe round (default 3, with --port 1)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="repeat until every pair passes or this long has passed")
+                   help="repeat until every pair passes (with --port: until the table is stable "
+                        "and matches --expect) or this long has passed")
 
     p = parser("add-node", "add a node (daemon, pods) and print the matrix", _add_node)
     p.add_argument("node", nargs="?", help="node name (default n<next>)")
@@ -58,8 +73,16 @@ def register(subparsers) -> None:
     p.add_argument("node")
     p.add_argument("--timeout", type=float, default=30.0)
 
-    p = parser("status", "nodes, subnets, PIDs, hook failures and rejected leases", _status)
+    p = parser("status", "nodes, subnets, PIDs, hook failures, rejected leases, pods, policy", _status)
     p.add_argument("--json", action="store_true")
+
+    for verb, help in (("apply", "create/update NetworkPolicies and Namespace/Pod labels from YAML"),
+                       ("delete", "delete the NetworkPolicies named in YAML")):
+        p = parser(verb, help + "; waits until every node enforces the change", _apply)
+        p.add_argument("-f", "--filename", required=True, metavar="FILE", help="YAML file, or - for stdin")
+        p.add_argument("--no-wait", dest="wait", action="store_false",
+                       help="return once cluster.json is written")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default %(default)s)")
 
     p = parser("logs", "a node's daemon log (its hook trace)", _logs)
     p.add_argument("node")
@@ -80,16 +103,20 @@ def _up(args) -> int:
     from flannel_ext._lab import ops
     report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
                     underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
-                    timeout=args.timeout, out=_out)
+                    timeout=args.timeout, pods_file=args.pods_file, policy=args.policy, out=_out)
     return 0 if report.ok else 1
 
 
 def _check(args) -> int:
     from flannel_ext._lab import check
     lab = Lab.load(args.name)
+    if args.port is not None:
+        return _check_port(lab, args)
+    if args.expect:
+        raise LabError("--expect compares one port's table: give --port (and --protocol)")
     deadline = time.monotonic() + args.wait
     while True:
-        report = check.run_check(lab, timeout=args.timeout, icmp=args.icmp)
+        report = check.run_check(lab, timeout=args.timeout or 3.0, icmp=args.icmp)
         if report.ok or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
@@ -98,6 +125,63 @@ def _check(args) -> int:
     else:
         _out(check.format_text(report))
     return 0 if report.ok else 1
+
+
+def _check_port(lab: Lab, args) -> int:
+    """The truth table of one port; with --wait, probe until two tables in a row agree
+    (and match --expect), since a policy change may still be reaching the nodes."""
+    from flannel_ext._lab import table
+    expected = table.parse_expected(args.expect) if args.expect else None
+    deadline = time.monotonic() + args.wait
+    previous = None
+    while True:
+        result = table.run(lab, args.port, args.protocol, timeout=args.timeout or 1.0)
+        diff = table.differences(result, expected) if expected is not None else []
+        # A table that matches the expectation needs no second look; otherwise two in a row
+        # must agree.
+        stable = expected is not None or (previous is not None and previous.cells == result.cells)
+        if (stable or args.wait <= 0) and not diff or time.monotonic() >= deadline:
+            break
+        previous = result
+    if args.json:
+        doc = table.to_json(result)
+        if expected is not None:
+            doc["differences"] = diff
+        _out(json.dumps(doc, indent=2))
+    else:
+        _out(table.format_text(result))
+        if expected is not None:
+            _out("\n".join([f"DIFF {d}" for d in diff] + [
+                f"{len(diff)} cell(s) differ from {args.expect}" if diff else f"matches {args.expect}"]))
+    return 1 if diff else 0
+
+
+def _apply(args) -> int:
+    from flannel_ext._lab import cluster, daemons
+    documents = cluster.read_documents(args.filename)
+    start = time.monotonic()
+    Lab.load(args.name)  # a missing lab is an error, before `locked` makes its directory
+    with locked(args.name):
+        lab = Lab.load(args.name)
+        doc = cluster.load(lab)
+        if args.lab_command == "apply":
+            lines, missing = cluster.apply(doc, documents), list[str]()
+        else:
+            lines, missing = cluster.delete(doc, documents)
+        generation = cluster.save(lab, doc)
+    for line in lines + missing:
+        _out(line)
+    if not args.wait or not lab.policy:
+        _out(f"generation {generation} written" + ("" if lab.policy else " (this lab runs no policy agent)"))
+        return 1 if missing else 0
+    statuses = cluster.wait_generation(lab, generation, args.timeout, lambda n: daemons.running(lab, n))
+    _out(f"generation {generation} enforced on {len(statuses)} node(s) in {time.monotonic() - start:.2f}s")
+    names = {f"{(o['metadata'].get('namespace') or 'default')}/{o['metadata']['name']}"
+             for _, o in documents if o["kind"] == "NetworkPolicy"}
+    bad = {k: v for k, v in cluster.rejected(statuses).items() if k in names}
+    for obj, error in sorted(bad.items()):
+        _out(f"rejected networkpolicy {obj}: {error}")
+    return 1 if missing or bad else 0
 
 
 def _add_node(args) -> int:
@@ -112,11 +196,18 @@ def _rm_node(args) -> int:
 
 
 def _status(args) -> int:
-    from flannel_ext._lab import ops
+    from flannel_ext._lab import cluster, ops
     lab = Lab.load(args.name)
     rows = ops.status_rows(lab)
-    _out(json.dumps({"name": lab.name, "dir": lab.dir, "net_conf": lab.net_conf, "store": lab.store,
-                     "nodes": rows}, indent=2) if args.json else ops.format_status(lab, rows))
+    pods = cluster.pod_rows(lab)
+    if args.json:
+        _out(json.dumps({"name": lab.name, "dir": lab.dir, "net_conf": lab.net_conf, "store": lab.store,
+                         "policy": lab.policy, "nodes": rows, "pods": pods}, indent=2))
+    else:
+        _out("\n".join([ops.format_status(lab, rows),
+                        *cluster.format_policy(lab, {r["node"]: r.get("policy") for r in rows}),
+                        *(f"  pod {p['namespace']}/{p['name']} on {p['node']} {p['ip']} "
+                          + ",".join(f"{k}={v}" for k, v in p["labels"].items()) for p in pods)]))
     return 0 if all(r["running"] for r in rows) else 1
 
 

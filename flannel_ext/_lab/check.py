@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from flannel_ext._util.netns import ip_json, sh
+from flannel_ext._lab import cluster
 from flannel_ext._lab.pods import PORT, listener_alive
 from flannel_ext._lab.probe import Target, probe
 from flannel_ext._lab.state import Lab, Node
@@ -39,7 +40,7 @@ class _Kernel:
         self.node = node
         self.routes = ip_json(node.ns, "route", "show")
         self.neigh = ip_json(node.ns, "neigh", "show")
-        self.links = {l["ifname"]: l for l in ip_json(node.ns, "-d", "link", "show")}
+        self.links = {link["ifname"]: link for link in ip_json(node.ns, "-d", "link", "show")}
         try:
             self.fdb = json.loads(sh(["bridge", "-n", node.ns, "-j", "fdb", "show"], check=False).stdout or "[]")
         except ValueError:
@@ -85,6 +86,7 @@ def run_check(lab: Lab, timeout: float = 3.0, icmp: bool = True) -> Report:
         owner = {p.name: n for n, p in pairs}
         pods = {p.name: p for _, p in pairs}
         kernels = {n.name: _Kernel(n) for n in lab.nodes.values()}
+        policies = len(cluster.load(lab)["networkpolicies"]) if lab.policy else 0
         for src, dst in report.failed:
             a, b = owner[src], owner[dst]
             hints = []
@@ -95,6 +97,9 @@ def run_check(lab: Lab, timeout: float = 3.0, icmp: bool = True) -> Report:
             else:
                 hints += diagnose(kernels[a.name], kernels[b.name])
                 hints += [f"return path: {h}" for h in diagnose(kernels[b.name], kernels[a.name])]
+            if policies:  # the likeliest cause once policies exist: say it first
+                hints.insert(0, f"{policies} NetworkPolicies are in force and may block it; "
+                             f"`flannel-ext lab check --name {lab.name} --port {PORT}` shows the table")
             if not hints:
                 hints.append(f"routes, neighbours and FDB look complete; see `flannel-ext lab logs "
                              f"--name {lab.name} {a.name}` (and {b.name})")

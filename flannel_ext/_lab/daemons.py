@@ -23,7 +23,8 @@ def run_argv(lab: Lab, node: Node) -> list[str]:
             "--net-conf", lab.net_conf, "--store", lab.store, "--iface", "eth0",
             "--subnet-file", lab.subnet_env(node.name), "--state-dir", lab.state_dir(node.name),
             "--node-name", node.name, "--log-format", "json", "--release-lease-on-exit",
-            *(["--watch"] if lab.watch else [])]
+            *(["--watch"] if lab.watch else []),
+            *(["--policy", lab.policy, "--policy-source", f"file:{lab.cluster_file}"] if lab.policy else [])]
 
 
 def marker(lab: Lab, node: Node) -> str:
@@ -51,7 +52,7 @@ def log_tail(lab: Lab, node: str, lines: int = 5) -> str:
 
 
 def read_subnet(lab: Lab, node: Node) -> str:
-    """The node's lease (subnet network) from its subnet.env, or "" while it has none."""
+    """The node's lease (subnet network, e.g. 10.244.29.0/24) from its subnet.env, or "" while it has none."""
     try:
         env = load_subnet_env(lab.subnet_env(node.name))
     except SubnetEnvError:

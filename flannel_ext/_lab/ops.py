@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from flannel_ext._util.netns import sh
-from flannel_ext._lab import check, daemons, pods, topology
+from flannel_ext._lab import check, cluster, daemons, pods, topology
 from flannel_ext._lab.state import Lab, LabError, check_name, exists, lab_dir, locked, remove_dir
 
 Out = Callable[[str], None]
@@ -52,18 +52,24 @@ def _preflight(name: str, net_conf: str, cni_path: str) -> str:
 
 def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str | None = None,
        underlay_cidr: str = "192.168.100.0/24", cni_path: str = "/usr/lib/cni", watch: bool = True,
-       timeout: float = 60.0, out: Out = print) -> check.Report:
+       timeout: float = 60.0, pods_file: str | None = None, policy: str = "",
+       out: Out = print) -> check.Report:
     if nodes < 1 or pods_per_node < 0:
         raise LabError("--nodes must be at least 1 and --pods-per-node at least 0")
     net_conf = _preflight(name, net_conf, cni_path)
+    namespaces, specs = (cluster.read_pods_file(pods_file, [f"n{i}" for i in range(1, nodes + 1)])
+                         if pods_file else ({}, []))
     with locked(name):
         lab = Lab(name=name, net_conf=net_conf, store=store or f"sqlite:{lab_dir(name)}/store.db",
-                  underlay_cidr=underlay_cidr, cni_path=cni_path, pods_per_node=pods_per_node,
-                  watch=watch)
+                  underlay_cidr=underlay_cidr, cni_path=cni_path,
+                  pods_per_node=0 if pods_file else pods_per_node, watch=watch, policy=policy)
         lab.save()
+        # The agents read it from their start; the pods arrive with their IPs later.
+        cluster.save(lab, {"namespaces": [cluster.namespace_object(n, labels) for n, labels in namespaces.items()],
+                           "pods": [], "networkpolicies": []})
         steps = _Steps(6, out)
         try:
-            report = _up_steps(lab, steps, nodes, pods_per_node, timeout)
+            report = _up_steps(lab, steps, nodes, lab.pods_per_node, timeout, specs, pods_file)
         except BaseException:
             out(f"lab {name} left as it is for inspection; `flannel-ext lab down --name {name}` removes it")
             raise
@@ -72,7 +78,8 @@ def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str |
     return report
 
 
-def _up_steps(lab: Lab, steps: _Steps, nodes: int, pods_per_node: int, timeout: float) -> check.Report:
+def _up_steps(lab: Lab, steps: _Steps, nodes: int, pods_per_node: int, timeout: float,
+              specs: list[cluster.PodSpec], pods_file: str | None) -> check.Report:
     def make_nodes():
         topology.create_hub(lab)
         for i in range(1, nodes + 1):
@@ -82,7 +89,8 @@ def _up_steps(lab: Lab, steps: _Steps, nodes: int, pods_per_node: int, timeout: 
     steps.run("nodes", make_nodes)
     steps.run("daemons", lambda: _start_daemons(lab, list(lab.nodes.values())))
     steps.run("leases", lambda: _wait_leases(lab, list(lab.nodes.values()), timeout))
-    steps.run("pods", lambda: _add_pods(lab, list(lab.nodes.values()), pods_per_node))
+    steps.run("pods", lambda: _add_pods(lab, list(lab.nodes.values()), pods_per_node, timeout,
+                                        specs, pods_file))
     steps.run("routes", lambda: _wait_routes(lab, timeout))
     return _matrix(lab, steps)
 
@@ -102,12 +110,26 @@ def _wait_leases(lab: Lab, nodes, timeout: float) -> str:
     return " ".join(f"{n.name}={n.subnet}" for n in nodes)[:56]
 
 
-def _add_pods(lab: Lab, nodes, per_node: int) -> str:
+def _add_pods(lab: Lab, nodes, per_node: int, timeout: float,
+              specs: list[cluster.PodSpec] | None = None, pods_file: str | None = None) -> str:
     try:
-        made = pods.add_pods(lab, nodes, per_node)
+        made = pods.add_spec_pods(lab, specs) if specs else pods.add_pods(lab, nodes, per_node)
     finally:
         lab.save()
-    return f"{len(made)} pods via flannel-ext-cni ({per_node} per node)"
+    what = f"from {os.path.basename(pods_file)}" if pods_file else f"({per_node} per node)"
+    labels = {(s.namespace, s.name): s.labels for s in specs or []}
+    return f"{len(made)} pods via flannel-ext-cni {what}" + _sync_cluster(lab, timeout, labels)
+
+
+def _sync_cluster(lab: Lab, timeout: float, labels=None) -> str:
+    """Write the lab's pods into cluster.json; with policy agents, wait until all apply it."""
+    doc = cluster.load(lab)
+    cluster.sync_pods(lab, doc, labels=labels)
+    generation = cluster.save(lab, doc)
+    if not lab.policy:
+        return ""
+    cluster.wait_generation(lab, generation, timeout, lambda n: daemons.running(lab, n))
+    return f", policy gen {generation}"
 
 
 def _wait_routes(lab: Lab, timeout: float, gone: tuple[str, ...] = ()) -> str:
@@ -145,7 +167,7 @@ def add_node(name: str, node_name: str | None = None, pods_per_node: int | None 
         node = holder["n"]
         steps.run("daemon", lambda: _start_daemons(lab, [node]))
         steps.run("lease", lambda: _wait_leases(lab, [node], timeout))
-        steps.run("pods", lambda: _add_pods(lab, [node], per_node))
+        steps.run("pods", lambda: _add_pods(lab, [node], per_node, timeout))
         steps.run("routes", lambda: _wait_routes(lab, timeout))
         report = _matrix(lab, steps)
         steps.done(f"node {node_name} added")
@@ -168,7 +190,7 @@ def rm_node(name: str, node_name: str, *, timeout: float = 30.0, out: Out = prin
                 pods.remove_pods(lab, node)
             finally:
                 lab.save()
-            return f"{count} pods deleted via CNI DEL"
+            return f"{count} pods deleted via CNI DEL" + _sync_cluster(lab, timeout)
         steps.run("pods", del_pods)
 
         def stop():
@@ -244,6 +266,7 @@ def status_rows(lab: Lab) -> list[dict]:
             "hook_failures": sum((stats.get("hook_failures") or {}).values()),
             "rejected": sum((stats.get("rejected") or {}).values()),
             "pods": {p.name: p.ip for p in node.pods.values()},
+            "policy": cluster.read_status(lab, node.name),
         })
     return rows
 

@@ -2,39 +2,27 @@
 
 The plugin runs inside the node namespace (so the bridge is the node's ``cni0``) with the
 ``CNI_*`` variables and the network config on stdin; ``CNI_PATH`` holds the reference
-plugins. Each pod then runs a tiny TCP listener that answers with the pod's name, so a
-connect proves which pod was reached.
+plugins. Each pod then runs its server (`podserver`): the lab's port 7777 and every port
+its Pod object declares, each answering with the pod's name, so a probe proves which pod
+was reached.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from flannel_ext._util.netns import create_netns, delete_netns
+from flannel_ext._lab.cluster import PodSpec
 from flannel_ext._lab.state import Lab, LabError, Node, Pod
 from flannel_ext._lab.topology import alive, kill, spawn
 
-PORT = 7777
-# -S: no site import, so each listener starts in a few ms.
-LISTENER = """\
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("", int(sys.argv[1])))
-s.listen(256)
-name = (sys.argv[2] + "\\n").encode()
-while True:
-    c, _ = s.accept()
-    try:
-        c.sendall(name)
-    except OSError:
-        pass
-    c.close()
-"""
+PORT = 7777   # every pod serves it (TCP), for the lab's connectivity matrix
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "podserver.py")
 
 
 def cni_argv() -> list[str]:
@@ -77,14 +65,49 @@ def invoke_cni(lab: Lab, node: Node, command: str, pod: str) -> dict:
     return out
 
 
+def server_specs(pod: Pod) -> list[str]:
+    """``PORT/PROTO`` for the lab's port and every declared one.
+
+    The server skips (and logs) a protocol the kernel lacks; for SCTP the lab first tries
+    `modprobe sctp`.
+    """
+    specs = [f"{PORT}/TCP"]
+    for port in pod.ports:
+        spec = f"{port['containerPort']}/{port.get('protocol', 'TCP')}"
+        if spec not in specs:
+            specs.append(spec)
+    if any(s.endswith("/SCTP") for s in specs):
+        sctp_available()
+    return specs
+
+
+def sctp_available() -> bool:
+    """Whether this kernel speaks SCTP (after a `modprobe sctp`, which may not exist here)."""
+    global _sctp
+    if _sctp is None:
+        subprocess.run(["modprobe", "sctp"], capture_output=True, check=False)
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+            _sctp = True
+        except OSError:
+            _sctp = False
+    return _sctp
+
+
+_sctp: bool | None = None
+
+
 def _start_listener(lab: Lab, pod: Pod) -> int:
+    """The pod's server (podserver.py): answers with the pod's namespace name on each port."""
     os.makedirs(os.path.dirname(lab.pod_log(pod.name)), exist_ok=True)
-    return spawn(["ip", "netns", "exec", pod.name, sys.executable, "-S", "-c", LISTENER, str(PORT), pod.name],
-                 lab.pod_log(pod.name))
+    return spawn(["ip", "netns", "exec", pod.name, sys.executable, "-S", SERVER, pod.name,
+                  *server_specs(pod)], lab.pod_log(pod.name))
 
 
-def add_pod(lab: Lab, node: Node, k: int) -> Pod:
+def add_pod(lab: Lab, node: Node, k: int, spec: PodSpec | None = None) -> Pod:
     pod = Pod(name=lab.pod_ns(node.name, k))
+    if spec is not None:
+        pod.namespace, pod.kube_name, pod.ports = spec.namespace, spec.name, spec.ports
     create_netns(pod.name)
     result = invoke_cni(lab, node, "ADD", pod.name)
     try:
@@ -96,17 +119,31 @@ def add_pod(lab: Lab, node: Node, k: int) -> Pod:
     return pod
 
 
+def _next_index(node: Node) -> int:
+    return max((int(p.rsplit("pod", 1)[1]) for p in node.pods), default=0) + 1
+
+
 def add_pods(lab: Lab, nodes: list[Node], per_node: int) -> list[Pod]:
-    """Create `per_node` pods on each node, in parallel, except each node's first pod.
+    """Create `per_node` pods on each node (see `_make`)."""
+    return _make(lab, [[(node, _next_index(node) + k, None) for k in range(per_node)] for node in nodes])
+
+
+def add_spec_pods(lab: Lab, specs: list[PodSpec]) -> list[Pod]:
+    """Create the pods of a ``--pods`` file on their nodes (see `_make`)."""
+    jobs: list[list[tuple[Node, int, PodSpec | None]]] = []
+    for node in lab.nodes.values():
+        mine = [s for s in specs if s.node == node.name]
+        jobs.append([(node, _next_index(node) + k, spec) for k, spec in enumerate(mine)])
+    return _make(lab, jobs)
+
+
+def _make(lab: Lab, jobs: list[list[tuple[Node, int, PodSpec | None]]]) -> list[Pod]:
+    """Create pods (one job list per node) in parallel, except each node's first pod.
 
     Two bridge plugins racing to create and address a fresh cni0 can fail with EEXIST
     (plugins 1.1.1), so a node's first pod goes in a round of its own, as on a real node
     whose cni0 exists before the second pod arrives.
     """
-    jobs = []
-    for node in nodes:
-        start = max((int(p.rsplit("pod", 1)[1]) for p in node.pods), default=0)
-        jobs.append([(node, start + k) for k in range(1, per_node + 1)])
     first = [j[0] for j in jobs if j and not j[0][0].pods]
     rest = [job for j in jobs for job in j if job not in first]
     made = []

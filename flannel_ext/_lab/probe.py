@@ -82,8 +82,14 @@ def _echo(ident: int, seq: int) -> bytes:
     return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
 
 
-def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True) -> dict:
-    """Probe every ordered pair of distinct pods; returns {(src, dst): Result} by name."""
+def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True,
+          protocol: str = "TCP") -> dict:
+    """Probe every ordered pair of distinct pods; returns {(src, dst): Result} by name.
+
+    `protocol` TCP or SCTP (a stream connect each; `Result.tcp` is its outcome); UDP is
+    `probe_udp`.
+    """
+    proto = socket.IPPROTO_SCTP if protocol == "SCTP" else 0
     results = {(a.name, b.name): Result(icmp=False if icmp else None)
                for a in pods for b in pods if a.name != b.name}
     sel = selectors.DefaultSelector()
@@ -94,7 +100,7 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
 
     def open_tcp(src: int, dst: int, tries: int = 1) -> None:
         with netns(pods[src].name):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
         sock.setblocking(False)
         conn = _Conn(src, dst, sock, tries=tries)
         rc = sock.connect_ex((pods[dst].ip, port))
@@ -150,10 +156,10 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
             for item in [r for r in retry if r[0] <= now]:
                 retry.remove(item)
                 open_tcp(item[1], item[2], item[3])
-            for key, events in sel.select(timeout=0.02):
+            for key, _events in sel.select(timeout=0.02):
                 data = key.data
                 if isinstance(data, tuple):
-                    _read_icmp(key.fileobj, data[1], pods, index, base, results)
+                    _read_icmp(raws[data[1]], data[1], pods, index, base, results)
                 elif not data.connected:
                     err = data.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
@@ -169,7 +175,7 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
         for raw in raws.values():
             raw.close()
         sel.close()
-    for (src, dst), r in results.items():
+    for r in results.values():
         if not r.tcp and not r.error:
             r.error = "timeout"
         if r.tcp:
@@ -211,3 +217,54 @@ def _read_icmp(raw: socket.socket, i: int, pods, index, base, results) -> None:
         j = index.get(addr)
         if kind == 0 and ident == base + i and j == seq and j is not None:
             results[(pods[i].name, pods[j].name)].icmp = True
+
+
+def probe_udp(pods: list[Target], port: int, timeout: float = 1.0) -> dict:
+    """UDP for every ordered pair: a datagram from inside the source pod, answered with
+    the destination's name and the datagram (podserver); resent every 0.1 s until
+    answered or the deadline. `Result.tcp` is the outcome (the port probe passed)."""
+    results = {(a.name, b.name): Result() for a in pods for b in pods if a.name != b.name}
+    sel = selectors.DefaultSelector()
+    socks: dict[tuple[int, int], socket.socket] = {}
+    try:
+        for i, src in enumerate(pods):
+            with netns(src.name):
+                for j in range(len(pods)):
+                    if i != j:
+                        socks[(i, j)] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for j, dst in enumerate(pods):
+                if i != j:
+                    sock = socks[(i, j)]
+                    sock.setblocking(False)
+                    sock.connect((dst.ip, port))
+                    sel.register(sock, selectors.EVENT_READ, (i, j))
+        deadline, next_send = time.monotonic() + timeout, 0.0
+        pending = set(socks)
+        while pending and (now := time.monotonic()) < deadline:
+            if now >= next_send:
+                for i, j in pending:
+                    with contextlib.suppress(OSError):  # e.g. ECONNREFUSED from an earlier try
+                        socks[(i, j)].send(f"probe {i} {j}".encode())
+                next_send = now + 0.1
+            for key, _ in sel.select(timeout=0.02):
+                i, j = key.data
+                res = results[(pods[i].name, pods[j].name)]
+                try:
+                    data = key.fileobj.recv(2048)  # type: ignore[union-attr]
+                except OSError as exc:
+                    res.error = exc.strerror or str(exc)
+                    continue
+                if data == f"{pods[j].name}\nprobe {i} {j}".encode():
+                    res.tcp, res.error = True, ""
+                    pending.discard((i, j))
+                    sel.unregister(key.fileobj)
+                else:
+                    res.error = f"answered {data[:40]!r}"
+    finally:
+        for sock in socks.values():
+            sock.close()
+        sel.close()
+    for r in results.values():
+        if not r.tcp and not r.error:
+            r.error = "timeout"
+    return results

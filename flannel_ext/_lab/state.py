@@ -6,6 +6,8 @@ on tmpfs like ``/run/netns``, so a reboot forgets both together)::
     lab.json            the record below (written atomically)
     lock                flock'd by every command that changes the lab
     store.db            the default SQLite lease store
+    cluster.json        namespaces, pods and network policies for the nodes' policy agents
+    .staging/           where cluster.json is written before its rename (see cluster.save)
     nodes/<node>/       subnet.env, flannel-ext.log, state/ (stats.json), cni/, ipam/, cni.conf
     pods/<pod>.log      the pod's listener output
 
@@ -58,6 +60,14 @@ class Pod:
     name: str            # also its namespace and its CNI container id
     ip: str = ""
     listener_pid: int = 0
+    namespace: str = ""  # Kubernetes namespace and name, for pods from `lab up --pods`
+    kube_name: str = ""
+    ports: list[dict] = field(default_factory=list)  # containerPort/protocol/name it serves
+
+    @property
+    def display(self) -> str:
+        """``namespace/name`` for pods from --pods, else the namespace name (``<lab>-n1-pod1``)."""
+        return f"{self.namespace}/{self.kube_name}" if self.kube_name else self.name
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Lab:
     cni_path: str = "/usr/lib/cni"
     pods_per_node: int = 2
     watch: bool = True
+    policy: str = ""     # the daemons' --policy hook ("" = none); source: cluster.json
     nodes: dict[str, Node] = field(default_factory=dict)
 
     # -- paths ------------------------------------------------------------------------
@@ -102,6 +113,14 @@ class Lab:
 
     def log_file(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "flannel-ext.log")
+
+    @property
+    def cluster_file(self) -> str:
+        """The Kubernetes objects the policy agents read (`--policy-source file:`)."""
+        return os.path.join(self.dir, "cluster.json")
+
+    def policy_status(self, node: str) -> str:
+        return os.path.join(self.state_dir(node), "policy-status.json")
 
     def pod_log(self, pod: str) -> str:
         return os.path.join(self.dir, "pods", f"{pod}.log")

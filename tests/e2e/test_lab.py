@@ -133,8 +133,8 @@ def test_rm_node_cleans_the_others_and_add_node_is_reachable(lab_name, tmp_path)
 
 
 def _vxlan_everywhere(lab: Lab) -> bool:
-    return all(any(l.get("linkinfo", {}).get("info_kind") == "vxlan"
-                   for l in ip_json(n.ns, "-d", "link", "show")) and
+    return all(any(link.get("linkinfo", {}).get("info_kind") == "vxlan"
+                   for link in ip_json(n.ns, "-d", "link", "show")) and
                not daemons.missing_routes(lab, [n]) for n in lab.nodes.values())
 
 
@@ -181,7 +181,7 @@ def test_live_recipe_switch_and_invalid_edit(lab_name, tmp_path):
 
 
 def test_down_after_kill_9_leaves_nothing(lab_name, tmp_path):
-    root_links = {l["ifname"] for l in json.loads(sh(["ip", "-j", "link"]).stdout)}
+    root_links = {link["ifname"] for link in json.loads(sh(["ip", "-j", "link"]).stdout)}
     up(lab_name, recipe(tmp_path, "vxlan"))
     lab = Lab.load(lab_name)
     pids = [n.pid for n in lab.nodes.values()] + [p.listener_pid for _, p in lab.pods()]
@@ -194,8 +194,9 @@ def test_down_after_kill_9_leaves_nothing(lab_name, tmp_path):
     assert list_netns(f"{lab_name}-") == []
     assert not os.path.exists(lab_dir(lab_name))
     assert not any(topology.cmdline(pid) and lab_name in topology.cmdline(pid) for pid in pids)
-    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and lab_dir(lab_name) in topology.cmdline(int(pid))]
-    assert {l["ifname"] for l in json.loads(sh(["ip", "-j", "link"]).stdout)} <= root_links
+    assert not [pid for pid in os.listdir("/proc")
+                if pid.isdigit() and lab_dir(lab_name) in topology.cmdline(int(pid))]
+    assert {link["ifname"] for link in json.loads(sh(["ip", "-j", "link"]).stdout)} <= root_links
     assert ok(lab_cmd("down", "--name", lab_name)).strip() == f"lab {lab_name}: nothing to remove"
 
 
@@ -215,11 +216,12 @@ def test_check_hints_name_the_missing_route_neighbour_and_fdb(netns_prefix, tmp_
         a, b = nodes
         report = check.run_check(lab, timeout=0.5)
         assert not report.ok
-        assert any(f"{a.name} has no route to {b.subnet}" in h for h in report.hints[(f"{lab.prefix}n1-pod1", f"{lab.prefix}n2-pod1")])
+        there, back = (f"{lab.prefix}n1-pod1", f"{lab.prefix}n2-pod1"), (f"{lab.prefix}n2-pod1", f"{lab.prefix}n1-pod1")
+        assert any(f"{a.name} has no route to {b.subnet}" in h for h in report.hints[there])
 
         # A hand-made vxlan dataplane, then break it piece by piece.
         macs = {}
-        for node, peer in ((a, b), (b, a)):
+        for node in (a, b):
             sh(["ip", "-n", node.ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dev", "eth0",
                 "local", node.ip, "dstport", "8472", "nolearning"])
             sh(["ip", "-n", node.ns, "link", "set", "flannel.1", "mtu", "1450", "up"])
@@ -227,16 +229,18 @@ def test_check_hints_name_the_missing_route_neighbour_and_fdb(netns_prefix, tmp_
             macs[node.name] = ip_json(node.ns, "link", "show", "flannel.1")[0]["address"]
         for node, peer in ((a, b), (b, a)):
             gw = peer.subnet.replace(".0/24", ".0")
-            sh(["ip", "-n", node.ns, "neigh", "replace", gw, "lladdr", macs[peer.name], "dev", "flannel.1", "nud", "permanent"])
-            sh(["bridge", "-n", node.ns, "fdb", "append", macs[peer.name], "dev", "flannel.1", "dst", peer.ip, "self", "permanent"])
+            sh(["ip", "-n", node.ns, "neigh", "replace", gw, "lladdr", macs[peer.name], "dev", "flannel.1",
+                "nud", "permanent"])
+            sh(["bridge", "-n", node.ns, "fdb", "append", macs[peer.name], "dev", "flannel.1", "dst", peer.ip,
+                "self", "permanent"])
             sh(["ip", "-n", node.ns, "route", "replace", peer.subnet, "via", gw, "dev", "flannel.1", "onlink"])
         assert check.run_check(lab, timeout=5).ok
 
         sh(["bridge", "-n", a.ns, "fdb", "del", macs[b.name], "dev", "flannel.1", "dst", b.ip, "self"])
         report = check.run_check(lab, timeout=0.5)
-        hints = report.hints[(f"{lab.prefix}n1-pod1", f"{lab.prefix}n2-pod1")]
+        hints = report.hints[there]
         assert any(f"{a.name} has no FDB entry {macs[b.name]} dst {b.ip} on flannel.1" in h for h in hints)
-        assert any(h.startswith("return path: n1 has no FDB") for h in report.hints[(f"{lab.prefix}n2-pod1", f"{lab.prefix}n1-pod1")])
+        assert any(h.startswith("return path: n1 has no FDB") for h in report.hints[back])
         text = check.format_text(report)
         assert "FAIL" in text and "0/2 pairs ok, 2 failed" in text
 
