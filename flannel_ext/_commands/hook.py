@@ -12,10 +12,10 @@ import os
 import sys
 
 from flannel_ext._util.errors import ConfigError, FlannelExtError
-from flannel_ext._config.netconf import load_netconf
-from flannel_ext._hooks.base import COMMAND_NAMES, HookContext
+from flannel_ext._config.netconf import COMMAND_FIELDS, load_netconf
+from flannel_ext._hooks.base import HookContext
 from flannel_ext._hooks.loader import load_hook
-from flannel_ext._hooks.shell import lifecycle_env, remote_env
+from flannel_ext._hooks.shell import ShellHook, lifecycle_env, remote_env
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.iface import ExternalInterface, find_interface
 from flannel_ext._runtime.stats import NodeStats
@@ -25,7 +25,7 @@ from flannel_ext._stores.lease import Lease, LeaseAttrs
 # Accept flannel's names, with or without "Command", and the Python method names,
 # in any case and with or without "-"/"_" (all folded away before the lookup).
 _NAMES = {}
-for _method, _command in COMMAND_NAMES.items():
+for _method, _command in COMMAND_FIELDS.items():
     for _alias in (_command, _command[:-len("Command")], _method.replace("_", "")):
         _NAMES[_alias.lower()] = _method
 
@@ -64,8 +64,6 @@ def run_hook(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     config = load_netconf(args.net_conf)
     hook = load_hook(config)
-    if hasattr(hook, "timeout"):
-        hook.timeout = args.timeout
     iface = _interface(args)
     subnet = ipaddress.IPv4Network(args.subnet) if args.subnet else None
     ctx = HookContext(network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
@@ -98,10 +96,10 @@ def run_hook(args) -> int:
     calls = []
     stats = NodeStats()
     stats.add_monitor(calls.append)
-    caller = HookCaller(hook, ctx, stats, timeout=args.timeout)
-    kind = "shell" if getattr(hook, "runs_commands", False) else f"python {type(hook).__module__}.{type(hook).__name__}"
-    print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
-    if getattr(hook, "runs_commands", False):
+    caller = HookCaller(hook, ctx, stats, default_timeout=args.timeout)
+    kind = "shell" if hook.runs_commands else f"python {type(hook).__module__}.{type(hook).__name__}"
+    print(f"hook:      {COMMAND_FIELDS[method]} ({kind})")
+    if isinstance(hook, ShellHook):
         print(f"command:   sh -c {hook.commands.get(method, '')!r}" if hook.has(method) else
               "command:   (none configured)")
     print("env:       " + " ".join(f"{k}={v}" for k, v in env.items()))
@@ -114,8 +112,10 @@ def run_hook(args) -> int:
             error = results[remote.key]
         else:
             result = caller.lifecycle(method)
-    except FlannelExtError as exc:
+    except Exception as exc:  # noqa: BLE001 - a hook may raise anything: shown as one line
         error = exc
+    finally:
+        caller.close()
     for call in calls:
         rc = "-" if call.returncode is None else call.returncode
         print(f"exit code: {rc}{'' if call.ok else '  (failed)'}")

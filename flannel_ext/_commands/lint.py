@@ -308,7 +308,7 @@ def lint_file(path: str, *, kube: bool = False, shellcheck: str = "shellcheck") 
         notes.append(f"flannel-ext lint: {shellcheck} not found, so shell syntax is not checked "
                      "(apt-get install shellcheck)")
     findings = []
-    for name in COMMAND_FIELDS:
+    for name in COMMAND_FIELDS.values():
         command = config.commands.get(name)
         if command:
             if tool:

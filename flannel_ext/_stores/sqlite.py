@@ -5,9 +5,10 @@ append-only log so `watch(revision)` replays what happened after a `list()`. His
 `history` events is trimmed; a watcher that fell off it re-lists and diffs (flannel's
 LeaseWatcher.Reset). Writes are `BEGIN IMMEDIATE` transactions in WAL mode. Expired rows
 are invisible, and any operation or watcher wakeup turns them into 'expire' events in a
-write transaction, so every watcher reports REMOVED. Watchers wake on inotify (a commit
-writes `<db>-wal`; our writers also touch `<db>-notify` after COMMIT), confirmed with
-`PRAGMA data_version`, with a 1 s fallback poll and a wakeup at the earliest expiration.
+write transaction, so every watcher reports REMOVED. Watchers wake on file events from
+watchdog (a commit writes `<db>-wal`; our writers also touch `<db>-notify` after COMMIT),
+confirmed with `PRAGMA data_version`, with a 1 s safety poll and a wakeup at the earliest
+expiration.
 """
 from __future__ import annotations
 
@@ -22,16 +23,18 @@ from functools import lru_cache
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
-from flannel_ext._util import inotify
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
-from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
 DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
 HISTORY = 10000
-HEARTBEAT = 1.0   # a watch yields at least this often, so the caller can check `stop`
-SETTLE = 0.02     # re-check this soon after a wakeup that showed no commit yet
+SAFETY_POLL = 1.0  # look at data_version this often even without a file event
+SETTLE = 0.02      # re-check this soon after a wakeup that showed no commit yet
 BUSY_TIMEOUT = 30.0
 
 _SCHEMA = """
@@ -277,10 +280,11 @@ class SqliteStore:
                 del self._snapshots[min(self._snapshots)]
         return Snapshot(leases, revision, rejected)
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    def watch(self, revision: int, sink: EventSink) -> Watch:
         with self._lock:
             known = self._snapshots.get(revision)
-        return _Watcher(self, revision, None if known is None else dict(known)).run(stop)
+        watcher = _Watcher(self, revision, None if known is None else dict(known))
+        return Watch(f"sqlite-watch {self.path.name}", watcher.run, sink).start()
 
     def close(self) -> None:
         with self._lock:
@@ -305,54 +309,60 @@ class SqliteStore:
             return self._delete(self._conn, key)
 
 
+class _DbChanges(FileSystemEventHandler):
+    """Sets `wake` on any file event for the database (`<db>`, `-wal`, `-notify`, ...)."""
+
+    def __init__(self, name: str, wake: threading.Event):
+        self.name, self.wake = name, wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if os.path.basename(os.fsdecode(event.src_path)).startswith(self.name):
+            self.wake.set()
+
+
 class _Watcher:
-    """One watch: its own connection and inotify, and the leases it has reported."""
+    """One watch: its own connection and file observer, and the leases it has reported."""
 
     def __init__(self, store: SqliteStore, revision: int, known: dict[str, Lease] | None):
         self.store, self.rev, self.known = store, revision, known
         self.bad: dict[str, str] = {}  # rejected key -> reason, as reported
 
-    def run(self, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
-        store, notifier = self.store, None
+    def run(self, watch: Watch) -> None:
+        store, wake = self.store, threading.Event()
+        watch.on_close(wake.set)
         with store._errors():
             conn = store._connect()
-        with suppress(OSError):  # without inotify (limits reached) the 1 s poll still works
-            notifier = inotify.Inotify()
-            notifier.add_watch(store.path.parent)
+        observer = Observer()
+        try:
+            observer.schedule(_DbChanges(store.path.name, wake), str(store.path.parent))
+            observer.start()
+        except OSError:   # inotify limits reached: the safety poll still sees every commit
+            observer = None
         try:
             with store._errors():
-                yield from self._loop(conn, notifier, stop)
+                self._loop(conn, wake, watch)
         finally:
-            if notifier is not None:
-                notifier.close()
+            if observer is not None:
+                observer.stop()
+                observer.join(2)
             conn.close()
 
-    def _loop(self, conn, notifier, stop) -> Iterator[list[LeaseEvent]]:
-        store, prefix = self.store, self.store.path.name
-        last_version, last_yield, check = None, 0.0, True
-        while not stop.is_set():
-            batch: list[LeaseEvent] = []
-            if check:
-                swept = store._sweep(conn)
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if swept or version != last_version or self.known is None:
-                    last_version = version
-                    batch = self._step(conn)
-            if batch or time.monotonic() - last_yield >= HEARTBEAT:
-                last_yield = time.monotonic()
-                yield batch
-                if stop.is_set():
-                    return
-            timeout = max(0.0, HEARTBEAT - (time.monotonic() - last_yield))
+    def _loop(self, conn: sqlite3.Connection, wake: threading.Event, watch: Watch) -> None:
+        store, last_version, settle = self.store, None, False
+        while not watch.closing.is_set():
+            swept = store._sweep(conn)
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if swept or version != last_version or self.known is None:
+                last_version = version
+                watch.deliver(self._step(conn))
+            timeout = SETTLE if settle else SAFETY_POLL
             nxt = conn.execute("SELECT min(expiration) FROM leases").fetchone()[0]
             if nxt is not None:
                 timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
-            events = notifier.wait(timeout) if notifier else time.sleep(timeout) or []
-            ours = [name for name, _ in events if name.startswith(prefix) or not name]
-            check = bool(ours) or not events  # a timeout always checks (the fallback poll)
-            if ours and conn.execute("PRAGMA data_version").fetchone()[0] == last_version:
-                # A WAL write can wake us before the commit is visible: look again soon.
-                notifier.wait(SETTLE)
+            woke = wake.wait(timeout)
+            wake.clear()
+            # A WAL write can wake us before its commit is visible: look again soon.
+            settle = woke and conn.execute("PRAGMA data_version").fetchone()[0] == last_version
 
     def _step(self, conn) -> list[LeaseEvent]:
         with self.store._read(conn):

@@ -43,7 +43,7 @@ class RecordingHook(Hook):
 def make(hook):
     ctx = HookContext(network=None, options={}, log=logging.getLogger("t"), state_dir=".")
     stats = NodeStats()
-    dispatcher = Dispatcher(HookCaller(hook, ctx, stats, timeout=10), stats, backoff=Backoff(initial=0.01))
+    dispatcher = Dispatcher(HookCaller(hook, ctx, stats, default_timeout=10), stats, backoff=Backoff(initial=0.01))
     dispatcher.start()
     return dispatcher
 
