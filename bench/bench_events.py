@@ -152,7 +152,8 @@ def run_store(kind: str, events: int, tmp: Path, old_path: str) -> list[tuple[st
                      bench_daemon(kind, targets["before"], events, tmp / f"{kind}-before", old_path)))
         if kind == "etcd":
             server.etcdctl("del", "--prefix", PREFIX)
-        rows.append(("after (this checkout)", bench_daemon(kind, targets["after"], events, tmp / f"{kind}-after", None)))
+        after = bench_daemon(kind, targets["after"], events, tmp / f"{kind}-after", None)
+        rows.append(("after (this checkout)", after))
         return rows
     finally:
         if server is not None:

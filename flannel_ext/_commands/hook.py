@@ -8,17 +8,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import sys
+from pathlib import Path
 
-from flannel_ext._util.errors import ConfigError, FlannelExtError
+from flannel_ext._util.errors import ConfigError
 from flannel_ext._config.netconf import COMMAND_FIELDS, load_netconf
 from flannel_ext._hooks.base import HookContext
 from flannel_ext._hooks.loader import load_hook
 from flannel_ext._hooks.shell import ShellHook, lifecycle_env, remote_env
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.iface import ExternalInterface, find_interface
-from flannel_ext._runtime.stats import NodeStats
+from flannel_ext._runtime.stats import HookCall, NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 from flannel_ext._stores.lease import Lease, LeaseAttrs
 
@@ -67,7 +67,7 @@ def run_hook(args) -> int:
     iface = _interface(args)
     subnet = ipaddress.IPv4Network(args.subnet) if args.subnet else None
     ctx = HookContext(network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
-                      log=logging.getLogger("flannel_ext.hook"), state_dir=os.path.abspath(args.state_dir),
+                      log=logging.getLogger("flannel_ext.hook"), state_dir=Path(args.state_dir).resolve(),
                       iface=iface.name or None, iface_mtu=iface.mtu, dry_run=args.dry_run)
     remote = None
     if method in ("subnet_add", "subnet_remove"):
@@ -93,7 +93,7 @@ def run_hook(args) -> int:
         env = lifecycle_env(ctx) if method in ("post_startup", "shutdown") else {}
         stdin = "\n"
 
-    calls = []
+    calls: list[HookCall] = []
     stats = NodeStats()
     stats.add_monitor(calls.append)
     caller = HookCaller(hook, ctx, stats, default_timeout=args.timeout)

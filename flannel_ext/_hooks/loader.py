@@ -149,6 +149,7 @@ def _import(module_name: str, spec: str, source: str):
         # A fresh module name per load: a hot reload must run the edited file, not a cache.
         name = f"flannel_ext_hook_{path.stem}_{next(_file_modules)}"
         loader_spec = importlib.util.spec_from_file_location(name, path)
+        assert loader_spec is not None and loader_spec.loader is not None   # a .py path always has one
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
         try:
@@ -171,7 +172,7 @@ def _own_members(cls: type):
     for klass in cls.__mro__:
         if klass is Hook or klass is object or issubclass(Hook, klass):
             continue
-        for name, member in vars(klass).items():
+        for name in vars(klass):
             if not name.startswith("_") and name not in seen:
                 seen.add(name)
                 yield name, inspect.getattr_static(cls, name)

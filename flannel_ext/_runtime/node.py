@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
@@ -73,7 +74,8 @@ class NodeRuntime:
         self.reload_source: Callable[[], tuple[NetConf, Hook] | None] | None = None
         self.inbox = Inbox()
         self._renew_retry_at = 0.0
-        self._stats_written, self._stats_at, self._stats_due = "", 0.0, None
+        self._stats_written, self._stats_at = "", 0.0
+        self._stats_due: float | None = None
         self._stats_queued = False
         self._watch: Watch | None = None
         self._watch_sink: WatchSink | None = None
@@ -83,7 +85,7 @@ class NodeRuntime:
         os.makedirs(options.state_dir, exist_ok=True)
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
-            log=logging.getLogger("flannel_ext.hook"), state_dir=options.state_dir,
+            log=logging.getLogger("flannel_ext.hook"), state_dir=Path(options.state_dir),
             public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
             dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
@@ -146,7 +148,7 @@ class NodeRuntime:
         self.stats.subnet = str(lease.subnet or "")
 
     def _write_subnet_env(self) -> None:
-        fields = dict(network=self.config.network, subnet=self.ctx.subnet,
+        fields: dict[str, Any] = dict(network=self.config.network, subnet=self.ctx.subnet,
                       ipv6_network=self.config.ipv6_network, ipv6_subnet=self.ctx.ipv6_subnet,
                       mtu=self.hook.mtu(self.ctx) or self.iface.mtu, ip_masq=self.options.ip_masq)
         if self.options.dry_run:
@@ -178,6 +180,7 @@ class NodeRuntime:
             self._reject(event.key, "unparsable", event.reason)
             return
         lease = event.lease
+        assert lease is not None   # only REJECTED events come without one
         if self.lease is not None and lease.same_subnet(self.lease):
             if event.type is EventType.REMOVED:
                 log.warning("our lease %s was revoked or expired; acquiring again", lease.key)
@@ -205,10 +208,11 @@ class NodeRuntime:
     def _reacquire(self) -> None:
         old = self.lease
         self.lease = None
-        self._set_lease(self._acquire())
-        if old is None or not self.lease.same_subnet(old):
+        new = self._acquire()
+        self._set_lease(new)
+        if old is None or not new.same_subnet(old):
             log.warning("subnet changed from %s to %s; running PostStartup again",
-                        old and old.key, self.lease.key)
+                        old and old.key, new.key)
             self._with_retries("PostStartupCommand", lambda: self.caller.lifecycle("post_startup"))
             self._write_subnet_env()
 

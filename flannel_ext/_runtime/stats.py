@@ -35,7 +35,7 @@ class HookCall:
 class NodeStats:
     hook_calls: Counter = field(default_factory=Counter)        # hook -> calls
     hook_failures: Counter = field(default_factory=Counter)     # hook -> failed calls
-    hook_seconds: Counter = field(default_factory=Counter)      # hook -> total seconds
+    hook_seconds: dict[str, float] = field(default_factory=dict)  # hook -> total seconds
     hook_giveups: Counter = field(default_factory=Counter)      # hook -> retries given up
     rejected: Counter = field(default_factory=Counter)          # reason -> rejected leases
     leases_known: int = 0
@@ -57,7 +57,7 @@ class NodeStats:
     def record_call(self, call: HookCall) -> None:
         with self._lock:
             self.hook_calls[call.hook] += 1
-            self.hook_seconds[call.hook] += call.duration
+            self.hook_seconds[call.hook] = self.hook_seconds.get(call.hook, 0.0) + call.duration
             if not call.ok:
                 self.hook_failures[call.hook] += 1
             monitors = list(self._monitors)

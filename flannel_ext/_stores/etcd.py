@@ -10,6 +10,7 @@ not a Reset that removes every lease. See Documentation/stores.md.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import threading
@@ -256,7 +257,11 @@ class EtcdStore:
         re-lists after a compaction."""
         cursor = _Cursor(revision + 1)
         current: list[WatchStream] = []
-        watch.on_close(lambda: current and current[0].close())
+
+        def close_current() -> None:
+            if current:
+                current[0].close()
+        watch.on_close(close_current)
         delay = BACKOFF[0]
         while not watch.closing.is_set():
             cursor.resync = cursor.error = None
@@ -297,14 +302,14 @@ class EtcdStore:
         if result.get("canceled") or int(result.get("compact_revision", 0)):
             cursor.resync = result
             return False
-        batch = []
+        batch: builtins.list[LeaseEvent] = []
         for event in result.get("events", []):
             batch.extend(self._event(event))
             cursor.next_rev = max(cursor.next_rev, int(event["kv"].get("mod_revision", 0)) + 1)
         watch.deliver(batch)
         return True
 
-    def _resync(self, result: dict) -> tuple[list[LeaseEvent], int]:
+    def _resync(self, result: dict) -> tuple[builtins.list[LeaseEvent], int]:
         """History is gone (compaction): list again and report the difference."""
         log.info("etcd watch canceled (compacted at %s, %s); listing again",
                  result.get("compact_revision"), result.get("cancel_reason", ""))
@@ -316,7 +321,7 @@ class EtcdStore:
                   if lease.key not in old or old[lease.key].attrs != lease.attrs]
         return batch + snap.rejected, snap.revision
 
-    def _event(self, event: dict) -> list[LeaseEvent]:
+    def _event(self, event: dict) -> builtins.list[LeaseEvent]:
         entry = self._entry(event["kv"])
         with self._lock:
             if event.get("type") == "DELETE":
@@ -342,6 +347,7 @@ class EtcdStore:
             except StoreError as exc:
                 log.debug("lease TTL of %s: %s", entry.key, exc)
         lease = self._with_expiry(entry).lease
+        assert lease is not None   # entry.lease is set, and _with_expiry keeps it
         with self._lock:
             self._cache[entry.key] = lease
             self._rejected.discard(entry.key)

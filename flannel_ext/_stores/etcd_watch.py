@@ -45,7 +45,7 @@ def parse_endpoints(url: str, *, tls: bool = False) -> list[tuple[str, str, int]
     default = "https" if tls else "http"
     if text.startswith("etcd://"):
         text = text[len("etcd://"):]
-    endpoints = []
+    endpoints: list[tuple[str, str, int]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         if "://" not in item:
             item = f"{endpoints[0][0] if endpoints else default}://{item}"

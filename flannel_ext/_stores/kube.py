@@ -19,6 +19,7 @@ Deviations from flannel, all deliberate:
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import logging
@@ -34,7 +35,7 @@ from flannel_ext._util.errors import ConfigError, StoreError
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.kube_annotations import (DEFAULT_PREFIX, AnnotationNames, NodeTracker, annotation_patch,
                                network_available_patch, pod_cidrs)
-from flannel_ext._stores.lease import Lease, LeaseEvent
+from flannel_ext._stores.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class KubeStore:
         if stream is not None:
             stream.stop()   # shuts the socket down, so a blocked read returns now
 
-    def _list_nodes(self) -> tuple[list[dict], int]:
+    def _list_nodes(self) -> tuple[builtins.list[dict], int]:
         try:
             resp = self._v1.list_node(_preload_content=False, _request_timeout=self.request_timeout)
             body = json.loads(resp.data)

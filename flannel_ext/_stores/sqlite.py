@@ -13,6 +13,7 @@ expiration.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -25,11 +26,14 @@ from collections.abc import Callable, Iterator
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan_acquire, subnet_range
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
 HISTORY = 10000
@@ -332,11 +336,13 @@ class _Watcher:
         watch.on_close(wake.set)
         with store._errors():
             conn = store._connect()
-        observer = Observer()
+        observer: BaseObserver | None = None
         try:
+            observer = Observer()
             observer.schedule(_DbChanges(store.path.name, wake), str(store.path.parent))
             observer.start()
-        except OSError:   # inotify limits reached: the safety poll still sees every commit
+        except OSError as exc:   # inotify limits reached: the safety poll still sees every commit
+            log.warning("sqlite store %s: no file events (%s); looking every %gs", store.path, exc, SAFETY_POLL)
             observer = None
         try:
             with store._errors():

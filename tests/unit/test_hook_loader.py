@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flannel_ext import Hook, HookContext, HookLoadError, RemoteLease
-from flannel_ext._config.netconf import NetConf, parse_netconf
+from flannel_ext._config.netconf import parse_netconf
 from flannel_ext._hooks import loader
 from flannel_ext._hooks.loader import load_hook, load_hook_file_paths, load_python_hook
 

@@ -226,7 +226,8 @@ class Recording(Hook):
 
 
 def remote_lease(n: int) -> Lease:
-    return Lease(ipaddress.IPv4Network(f"10.9.{n}.0/24"), LeaseAttrs(public_ip=f"192.0.2.{n}", backend_type="extension"))
+    attrs = LeaseAttrs(public_ip=f"192.0.2.{n}", backend_type="extension")
+    return Lease(ipaddress.IPv4Network(f"10.9.{n}.0/24"), attrs)
 
 
 class WatchDiesOnce(SqliteStore):

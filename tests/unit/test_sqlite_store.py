@@ -3,7 +3,6 @@ import ipaddress
 import multiprocessing
 import queue
 import sqlite3
-import threading
 
 import pytest
 
@@ -13,7 +12,7 @@ from flannel_ext._stores import open_store
 from flannel_ext._stores.base import AcquireRequest, LeaseStore
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs
 from flannel_ext._stores.sqlite import SqliteStore
-from flannel_ext.testing import EventCollector, wait_for
+from flannel_ext.testing import EventCollector
 
 V4 = ipaddress.IPv4Network
 CONF = NetConf(network=V4("10.5.0.0/16"), subnet_len=24, subnet_min=ipaddress.IPv4Address("10.5.1.0"),
