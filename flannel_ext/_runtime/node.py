@@ -7,8 +7,7 @@ the stop comes during the start-up retries.
 
 The main loop blocks on the `Inbox` until the next item (a batch of lease events, a
 reload or stop request, a stats change) or its next deadline (lease renewal, a watch
-restart). A watch that fails is reported ("watch" problem: /readyz 503), then restarted
-with backoff from a fresh list, whose difference from what we hold is applied.
+restart: see `LeaseWatch`).
 """
 from __future__ import annotations
 
@@ -25,20 +24,20 @@ from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
 from flannel_ext._util.files import write_atomic
 from flannel_ext._config.netconf import NetConf
 from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
-from flannel_ext._stores.base import AcquireRequest, LeaseStore, Snapshot, Watch
+from flannel_ext._stores.base import AcquireRequest, LeaseStore, Snapshot
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel_ext._runtime import state, subnetenv
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.dispatch import Backoff, Dispatcher
-from flannel_ext._runtime.inbox import Inbox, Request, Stopped, WatchFailed, WatchSink
+from flannel_ext._runtime.inbox import Inbox, Request, Stopped, WatchFailed
+from flannel_ext._runtime.leasewatch import LeaseWatch
 from flannel_ext._runtime.iface import ExternalInterface
 from flannel_ext._runtime.stats import NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
 log = logging.getLogger("flannel_ext.node")
 STATS_INTERVAL = 0.5          # write stats.json at most this often
-WATCH_RESTART = (1.0, 30.0)   # delay before restarting a failed watch, doubling
-WATCH_PROBLEM, RENEW_PROBLEM = "watch", "renew"
+RENEW_PROBLEM = "renew"
 
 
 class StartupFailed(FlannelExtError):
@@ -77,10 +76,7 @@ class NodeRuntime:
         self._stats_written, self._stats_at = "", 0.0
         self._stats_due: float | None = None
         self._stats_queued = False
-        self._watch: Watch | None = None
-        self._watch_sink: WatchSink | None = None
-        self._watch_restart_at: float | None = None
-        self._watch_delay = WATCH_RESTART[0]
+        self.watch = LeaseWatch(store, self.inbox, self.stats, self._resync)
         self._dispatching = False
         os.makedirs(options.state_dir, exist_ok=True)
         self.ctx = HookContext(
@@ -239,48 +235,13 @@ class NodeRuntime:
         self.stats.clear_problem(RENEW_PROBLEM)
 
     # --- the lease watch ---------------------------------------------------------
-    def _start_watch(self, revision: int) -> None:
-        self._watch_sink = WatchSink(self.inbox)
-        self._watch = self.store.watch(revision, self._watch_sink)
-
-    def _stop_watch(self) -> None:
-        if self._watch_sink is not None:
-            self._watch_sink.retire()
-        if self._watch is not None:
-            self._watch.close()
-        self._watch = self._watch_sink = None
-
-    def _watch_failed(self, failure: WatchFailed) -> None:
-        if failure.sink is not self._watch_sink:
-            return   # a watch we already replaced
-        # Restart fast after a watch that ran a while; back off after one that failed at once.
-        lived = time.monotonic() - failure.sink.started
-        self._watch_delay = WATCH_RESTART[0] if lived > WATCH_RESTART[1] else \
-            min(self._watch_delay * 2, WATCH_RESTART[1])
-        why = f"{type(failure.error).__name__}: {failure.error}"
-        log.error("lease watch failed (restarting in %.0fs): %s", self._watch_delay, why)
-        self.stats.set_problem(WATCH_PROBLEM, why)
-        self._stop_watch()
-        self._watch_restart_at = time.monotonic() + self._watch_delay
-
-    def _restart_watch(self) -> None:
-        """List again, apply the difference from what we hold, and watch from there."""
-        self._watch_restart_at = None
-        try:
-            snapshot = self.store.list()
-        except Exception as exc:  # noqa: BLE001 - retried like the watch itself
-            self._watch_delay = min(self._watch_delay * 2, WATCH_RESTART[1])
-            log.error("listing leases failed (retrying in %.0fs): %s", self._watch_delay, exc)
-            self._watch_restart_at = time.monotonic() + self._watch_delay
-            return
+    def _resync(self, snapshot: Snapshot) -> None:
+        """After a watch restart: leases gone from the fresh list are removed, the rest applied."""
         gone = self.dispatcher.desired_keys() - {lease.key for lease in snapshot.leases} \
             - {event.key for event in snapshot.rejected}
         for key in gone:
             self.dispatcher.set_desired(key, None)
         self._apply_snapshot(snapshot)
-        self._start_watch(snapshot.revision)
-        self.stats.clear_problem(WATCH_PROBLEM)
-        log.info("lease watch restarted at revision %d", snapshot.revision)
 
     def _apply_snapshot(self, snapshot: Snapshot) -> None:
         for event in snapshot.rejected:
@@ -381,7 +342,7 @@ class NodeRuntime:
             self._dispatching = True
             if self.options.dry_run:
                 return self._dry_run_finish()
-            self._start_watch(snapshot.revision)
+            self.watch.start(snapshot.revision)
             self._write_stats()
             self._loop()
         except Stopped:
@@ -393,7 +354,7 @@ class NodeRuntime:
 
     def _next_timeout(self) -> float | None:
         now, wall = time.monotonic(), time.time()
-        deadlines = [d - now for d in (self._watch_restart_at, self._stats_due) if d is not None]
+        deadlines = [d - now for d in (self.watch.restart_at, self._stats_due) if d is not None]
         renew = self._renew_due()
         if renew is not None:
             deadlines.append(renew - wall)
@@ -406,14 +367,13 @@ class NodeRuntime:
                 for event in item:
                     self._handle(event)
             elif isinstance(item, WatchFailed):
-                self._watch_failed(item)
+                self.watch.failed(item)
             elif item is Request.RELOAD:
                 self._reload()
             elif item is Request.STATS:
                 self._stats_requested()
             now = time.monotonic()
-            if self._watch_restart_at is not None and now >= self._watch_restart_at:
-                self._restart_watch()
+            self.watch.restart_if_due()
             renew = self._renew_due()
             if renew is not None and time.time() >= renew:
                 self._renew()
@@ -421,7 +381,7 @@ class NodeRuntime:
                 self._write_stats()
 
     def _finish(self) -> None:
-        self._stop_watch()
+        self.watch.stop()
         if self._dispatching:
             self.dispatcher.stop()
         self._shutdown_hook()
