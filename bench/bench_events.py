@@ -15,7 +15,7 @@ hook start, p50/p99, for the SQLite and the etcd store. Three rows per store, sa
 The daemons run in the root namespace on `lo` (127.0.0.1): their hook only appends to a
 file, so they change nothing in the kernel. etcd (Debian's etcd-server) listens on loopback.
 
-    sudo python3 bench/bench_events.py [--events 200] [--stores sqlite,etcd] [--baseline-rev REV]
+    sudo python3 bench/bench_events.py [--events 200] [--repeat 5] [--stores sqlite,etcd] [--baseline-rev REV]
 """
 from __future__ import annotations
 
@@ -137,24 +137,25 @@ def baseline_tree(rev: str, into: Path) -> str:
     return str(into)
 
 
-def run_store(kind: str, events: int, tmp: Path, old_path: str) -> list[tuple[str, list[float]]]:
-    server = None
+def run_store(kind: str, events: int, tmp: Path, old_path: str, repeat: int) -> list[tuple[str, list[float]]]:
+    """The three rows for one store; with `repeat`, each runs that many times, interleaved
+    (floor, before, after, floor, ...), and the samples are pooled, so load from other work
+    on the machine falls on all three alike."""
+    server = EtcdServer().start() if kind == "etcd" else None
+    rows: dict[str, list[float]] = {"floor: bare store watch": [], f"before ({BASELINE_REV})": [],
+                                    "after (this checkout)": []}
+    floor, before, after = rows.values()
     try:
-        if kind == "etcd":
-            server = EtcdServer().start()
-            targets = {name: server.endpoint.replace("http://", "etcd://") for name in ("floor", "before", "after")}
-        else:
-            targets = {name: str(tmp / f"{name}.db") for name in ("floor", "before", "after")}
-        rows = [("floor: bare store watch", bench_floor(kind, targets["floor"], events))]
-        if kind == "etcd":   # each daemon starts from an empty prefix
-            server.etcdctl("del", "--prefix", PREFIX)
-        rows.append((f"before ({BASELINE_REV if old_path else '?'})",
-                     bench_daemon(kind, targets["before"], events, tmp / f"{kind}-before", old_path)))
-        if kind == "etcd":
-            server.etcdctl("del", "--prefix", PREFIX)
-        after = bench_daemon(kind, targets["after"], events, tmp / f"{kind}-after", None)
-        rows.append(("after (this checkout)", after))
-        return rows
+        for n in range(repeat):
+            def target(name: str) -> str:
+                if server is None:
+                    return str(tmp / f"{name}-{n}.db")
+                server.etcdctl("del", "--prefix", PREFIX)   # each run starts from an empty prefix
+                return server.endpoint.replace("http://", "etcd://")
+            floor += bench_floor(kind, target("floor"), events)
+            before += bench_daemon(kind, target("before"), events, tmp / f"{kind}-before-{n}", old_path)
+            after += bench_daemon(kind, target("after"), events, tmp / f"{kind}-after-{n}", None)
+        return list(rows.items())
     finally:
         if server is not None:
             server.cleanup()
@@ -165,9 +166,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--stores", default="sqlite,etcd")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per row, interleaved and pooled")
     args = ap.parse_args()
-    print(f"Event latency, lease write → SubnetAdd start, {args.events} events per row, "
-          f"{os.cpu_count()} cores, baseline {args.baseline_rev}\n")
+    print(f"Event latency, lease write → SubnetAdd start, {args.events} events × {args.repeat} run(s) "
+          f"per row, {os.cpu_count()} cores, baseline {args.baseline_rev}\n")
     print("| store | path | p50 ms | p99 ms | max ms | p50 × floor | p99 × floor |")
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -175,7 +177,7 @@ def main() -> int:
         (tmp / "old").mkdir()
         old_path = baseline_tree(args.baseline_rev, tmp / "old")
         for kind in args.stores.split(","):
-            rows = run_store(kind, args.events, tmp, old_path)
+            rows = run_store(kind, args.events, tmp, old_path, args.repeat)
             f50, f99 = pct(rows[0][1], 50), pct(rows[0][1], 99)
             for name, lat in rows:
                 p50, p99 = pct(lat, 50), pct(lat, 99)

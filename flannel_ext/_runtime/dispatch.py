@@ -181,14 +181,20 @@ class Dispatcher:
             pause = LOOP_PAUSE[0]
 
     def _pass(self) -> bool:
-        """Start what is ready, wait for a change, flush; False once stopped."""
+        """Start what is ready, wait for a change, start what that made ready, then record
+        the programmed state; False once stopped. The next batch is started *before* the
+        state file is written, so writing it (slow for a big table) overlaps the batch
+        instead of leaving the hook idle. The record stays safe with calls in flight: an
+        add in flight is not recorded yet (a restart adds it again), a remove in flight
+        still is (a restart removes it again)."""
         with self._cond:
             if self._stop:
                 return False
             wait = self._dispatch_ready()
-            if not (self._dirty and self._busy == 0):
+            if not self._dirty:
                 self._cond.wait(wait)
-            flush = self._dirty and self._busy == 0
+                self._dispatch_ready()
+            flush = self._dirty
         if flush:
             self._flush()
         return True

@@ -153,12 +153,12 @@ class FlakyStartup(Hook):
         self.calls.append("shutdown")
 
 
-def runtime(tmp_path, hook: Hook, *, attempts: int, backoff: float) -> NodeRuntime:
+def runtime(tmp_path, hook: Hook, *, attempts: int, backoff: float, store_class=SqliteStore) -> NodeRuntime:
     config = NetConf(network=ipaddress.IPv4Network("10.9.0.0/16"), subnet_len=24,
                      subnet_min=ipaddress.IPv4Address("10.9.1.0"), subnet_max=ipaddress.IPv4Address("10.9.250.0"))
     options = NodeOptions(subnet_file=str(tmp_path / "subnet.env"), state_dir=str(tmp_path / "state"),
                           node_name="n0", startup_attempts=attempts, backoff=Backoff(initial=backoff))
-    store = SqliteStore(tmp_path / "leases.db")
+    store = store_class(tmp_path / "leases.db")
     return NodeRuntime(config, store, hook, ExternalInterface("lo", "192.0.2.1", 1500), "192.0.2.1", options)
 
 
@@ -272,9 +272,8 @@ def test_store_events_reach_the_hook(tmp_path):
 
 def test_a_failed_watch_makes_the_node_unready_and_is_restarted(tmp_path):
     hook = Recording()
-    rt = runtime(tmp_path, hook, attempts=1, backoff=0.01)
-    rt.store.close()
-    rt.store = store = WatchDiesOnce(tmp_path / "leases.db")
+    rt = runtime(tmp_path, hook, attempts=1, backoff=0.01, store_class=WatchDiesOnce)
+    store = rt.store
     thread, outcome = run_in_thread(rt)
     writer = SqliteStore(tmp_path / "leases.db")
     try:
