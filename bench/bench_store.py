@@ -1,11 +1,13 @@
 """Benchmark the sqlite lease store: watch latency across processes, concurrent allocation.
 
-    python3 bench/bench_store.py [--events 200] [--allocators 50]
+    python3 bench/bench_store.py [--events 200] [--allocators 50] [--baseline-rev REV]
 
 (a) Latency from "a writer starts a lease write" to "a watcher in another process has the
-    event", p50/p99, for SqliteStore.watch (inotify) against two baselines measured in the
-    same run on the same machine: a `PRAGMA data_version` poll every 100 ms and a fixed
-    1 s poll. Timestamps are CLOCK_MONOTONIC, which is shared by all processes.
+    event", p50/p99, for SqliteStore.watch (file events from watchdog) against baselines
+    measured in the same run on the same machine: the same watch of `--baseline-rev` (the
+    hand-written ctypes inotify wrapper watchdog replaced; run from a `git archive` of
+    that commit), a `PRAGMA data_version` poll every 100 ms and a fixed 1 s poll.
+    Timestamps are CLOCK_MONOTONIC, which is shared by all processes.
 (b) N processes acquiring at the same moment: total wall time, per-acquire p50/p99, and
     the number of duplicate subnets (must be 0).
 """
@@ -16,7 +18,9 @@ import ipaddress
 import multiprocessing
 import random
 import sqlite3
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,17 +36,67 @@ from flannel_ext._stores.sqlite import SqliteStore  # noqa: E402
 from _common import pct  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_REV = "e949b3a"   # main just before watchdog replaced the ctypes inotify wrapper
+# The watch of the baseline revision: its generator API, run with PYTHONPATH at that tree.
+_OLD_WATCHER = """
+import sys, threading, time
+from flannel_ext._stores.sqlite import SqliteStore
+from flannel_ext._stores.lease import EventType
+store, stop = SqliteStore(sys.argv[1]), threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+print("ready", flush=True)
+for batch in store.watch(store.list().revision, stop):
+    now = time.monotonic()
+    for event in batch:
+        if event.type is EventType.ADDED:
+            print(event.key, now, flush=True)
+"""
+
+
+class _QueueSink:
+    def __init__(self, out):
+        self.out = out
+
+    def deliver(self, batch):
+        now = time.monotonic()
+        for event in batch:
+            if event.type is EventType.ADDED:
+                self.out.put((event.key, now))
+
+    def failed(self, error):
+        print(f"watch failed: {error!r}", file=sys.stderr)
 CONF = NetConf(network=ipaddress.IPv4Network("10.0.0.0/8"), subnet_len=24)
 
 
 def _watch_store(path, out, stop, ready):
     store = SqliteStore(path)
-    for batch in store.watch(store.list().revision, stop):
-        ready.set()
-        now = time.monotonic()
-        for event in batch:
-            if event.type is EventType.ADDED:
-                out.put((event.key, now))
+    watch = store.watch(store.list().revision, _QueueSink(out))
+    ready.set()
+    stop.wait()
+    watch.close()
+
+
+def _watch_old_store(path, tree, out, stop, ready):
+    """The baseline revision's watch in a child process; its lines relayed to `out`."""
+    proc = subprocess.Popen([sys.executable, "-c", _OLD_WATCHER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=tree), cwd=tree)
+    assert proc.stdout is not None and proc.stdin is not None
+    threading.Thread(target=lambda: (stop.wait(), proc.stdin.close()), daemon=True).start()
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            ready.set()
+            continue
+        key, when = line.split()
+        out.put((key, float(when)))
+    proc.wait()
+
+
+def baseline_tree(rev: str, into: Path) -> str:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "flannel_ext"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into)
 
 
 def _watch_poll(path, interval, out, stop, ready):
@@ -131,12 +185,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--allocators", type=int, default=50)
+    parser.add_argument("--baseline-rev", default=BASELINE_REV)
     args = parser.parse_args(argv)
 
-    runs = [("SqliteStore.watch (inotify)", _watch_store, ()),
-            ("baseline: data_version poll 100 ms", _watch_poll, (0.1,)),
-            ("baseline: fixed poll 1 s", _watch_poll, (1.0,))]
-    results = [(name, measure_latency(target, extra, args.events)) for name, target, extra in runs]
+    with tempfile.TemporaryDirectory() as tree:
+        runs = [("SqliteStore.watch (watchdog)", _watch_store, ()),
+                (f"baseline: SqliteStore.watch at {args.baseline_rev} (ctypes inotify)", _watch_old_store,
+                 (baseline_tree(args.baseline_rev, Path(tree)),)),
+                ("baseline: data_version poll 100 ms", _watch_poll, (0.1,)),
+                ("baseline: fixed poll 1 s", _watch_poll, (1.0,))]
+        results = [(name, measure_latency(target, extra, args.events)) for name, target, extra in runs]
     ref50, ref99 = pct(results[0][1], 50), pct(results[0][1], 99)
     print(f"\n### (a) lease write -> watcher in another process ({args.events} events)\n")
     print("| watcher | seen | p50 ms | p99 ms | max ms | p50 / store | p99 / store |")

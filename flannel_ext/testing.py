@@ -14,13 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from flannel_ext._runtime import subnetenv
 from flannel_ext._util import netns as _netns
 from flannel_ext._util.netns import Underlay, delete_netns, list_netns
+from flannel_ext._stores.lease import LeaseEvent
 
 _counter = itertools.count()
 
@@ -156,3 +159,42 @@ def daemons():
     yield started
     for daemon in started:
         daemon.stop()
+
+
+class EventCollector:
+    """A lease store watch's sink for tests: ``watch = store.watch(rev, collector)``, then
+    ``collector.wait_for(lambda events: ...)``. A watch failure fails the wait."""
+
+    def __init__(self) -> None:
+        self.events: list[LeaseEvent] = []
+        self.batches = 0
+        self.failures: list[BaseException] = []
+        self._cond = threading.Condition()
+
+    def deliver(self, batch: list[LeaseEvent]) -> None:
+        with self._cond:
+            self.events.extend(batch)
+            self.batches += 1
+            self._cond.notify_all()
+
+    def failed(self, error: BaseException) -> None:
+        with self._cond:
+            self.failures.append(error)
+            self._cond.notify_all()
+
+    def wait_for(self, want: Callable[[list[LeaseEvent]], object], timeout: float = 20.0) -> list[LeaseEvent]:
+        """The events so far, once `want(events)` is true; AssertionError after `timeout`."""
+        with self._cond:
+            done = self._cond.wait_for(lambda: self.failures or want(self.events), timeout)
+            if self.failures:
+                raise AssertionError(f"the watch failed: {self.failures[0]!r}")
+            if not done:
+                raise AssertionError(f"the watch never delivered the expected events: {self.events}")
+            return list(self.events)
+
+    def take(self, want: Callable[[list[LeaseEvent]], object], timeout: float = 20.0) -> list[LeaseEvent]:
+        """Like `wait_for`, then forget those events (the next wait starts empty)."""
+        events = self.wait_for(want, timeout)
+        with self._cond:
+            del self.events[:len(events)]
+        return events

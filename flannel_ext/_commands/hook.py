@@ -12,22 +12,23 @@ import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
-from flannel_ext._util.errors import ConfigError, FlannelExtError
-from flannel_ext._config.netconf import load_netconf
-from flannel_ext._hooks.base import COMMAND_NAMES, HookContext
+from flannel_ext._util.errors import ConfigError
+from flannel_ext._config.netconf import COMMAND_FIELDS, load_netconf
+from flannel_ext._hooks.base import HookContext
 from flannel_ext._hooks.loader import load_hook
 from flannel_ext._hooks.shell import ShellHook, lifecycle_env, pasteable, remote_env
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.iface import ExternalInterface, find_interface
-from flannel_ext._runtime.stats import NodeStats
+from flannel_ext._runtime.stats import HookCall, NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 from flannel_ext._stores.lease import Lease, LeaseAttrs
 
 # Accept flannel's names, with or without "Command", and the Python method names,
 # in any case and with or without "-"/"_" (all folded away before the lookup).
 _NAMES = {}
-for _method, _command in COMMAND_NAMES.items():
+for _method, _command in COMMAND_FIELDS.items():
     for _alias in (_command, _command[:-len("Command")], _method.replace("_", "")):
         _NAMES[_alias.lower()] = _method
 
@@ -66,12 +67,10 @@ def run_hook(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     config = load_netconf(args.net_conf)
     hook = load_hook(config)
-    if hasattr(hook, "timeout"):
-        hook.timeout = args.timeout
     iface = _interface(args)
     subnet = ipaddress.IPv4Network(args.subnet) if args.subnet else None
     ctx = HookContext(network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
-                      log=logging.getLogger("flannel_ext.hook"), state_dir=os.path.abspath(args.state_dir),
+                      log=logging.getLogger("flannel_ext.hook"), state_dir=Path(args.state_dir).resolve(),
                       iface=iface.name or None, iface_mtu=iface.mtu, dry_run=args.dry_run)
     remote = None
     if method in ("subnet_add", "subnet_remove"):
@@ -99,8 +98,8 @@ def run_hook(args) -> int:
 
     env["FLANNEL_IFACE"] = ctx.iface or ""    # what the shell hook adds to every command
     shell = hook if isinstance(hook, ShellHook) else None
-    kind = "shell" if shell else f"python {type(hook).__module__}.{type(hook).__name__}"
-    print(f"hook:      {COMMAND_NAMES[method]} ({kind})")
+    kind = "shell" if hook.runs_commands else f"python {type(hook).__module__}.{type(hook).__name__}"
+    print(f"hook:      {COMMAND_FIELDS[method]} ({kind})")
     print("env:       (added to this shell's environment)")
     for key, value in env.items():
         print(f"  {key}={shlex.quote(value)}")
@@ -119,10 +118,10 @@ def run_hook(args) -> int:
 
 def _call(hook, ctx: HookContext, method: str, remote, args) -> int:
     """Run the hook through the runtime's caller and print what happened."""
-    calls: list = []
+    calls: list[HookCall] = []
     stats = NodeStats()
     stats.add_monitor(calls.append)
-    caller = HookCaller(hook, ctx, stats, timeout=args.timeout)
+    caller = HookCaller(hook, ctx, stats, default_timeout=args.timeout)
     error = None
     result = None
     try:
@@ -131,8 +130,10 @@ def _call(hook, ctx: HookContext, method: str, remote, args) -> int:
             error = results[remote.key]
         else:
             result = caller.lifecycle(method)
-    except FlannelExtError as exc:
+    except Exception as exc:  # noqa: BLE001 - a hook may raise anything: shown as one line
         error = exc
+    finally:
+        caller.close()
     if not args.dry_run:     # a dry run ran nothing: no exit code, no duration
         for call in calls:
             rc = "-" if call.returncode is None else call.returncode

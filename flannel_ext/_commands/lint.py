@@ -242,7 +242,7 @@ def lint_text(text: str, source: str, *, target: str = "flannel-ext", kube: bool
         notes.append(f"flannel-ext lint: {shellcheck} is missing, so shell syntax is not checked "
                      "(apt-get install shellcheck)")
     findings = []
-    for name in COMMAND_FIELDS:
+    for name in COMMAND_FIELDS.values():
         if config.commands.get(name):
             findings += check_command(name, config.commands[name], target=target, shellcheck=tool)
     return findings, notes

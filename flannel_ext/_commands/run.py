@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import threading
+import socket
 
 from flannel_ext import __version__
 from flannel_ext._config import paths
@@ -165,13 +166,12 @@ def run(args: argparse.Namespace) -> int:
             ip_masq=args.ip_masq, release_on_exit=args.release_lease_on_exit,
             public_ipv6=args.public_ipv6 or iface.address6, dry_run=args.dry_run)
         runtime = NodeRuntime(config, store, hook, iface, public_ip, options)
-        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda *_: runtime.request_stop())
         extras = [] if args.dry_run else _operations(args, runtime)
         watcher = _start_reload_watch(args, runtime) if args.watch and not args.dry_run else None
         try:
-            return runtime.run(stop)
+            return runtime.run()
         finally:
             if watcher:
                 watcher.stop()

@@ -18,10 +18,16 @@ from typing import Any
 from flannel_ext._util import gojson
 from flannel_ext._util.errors import ConfigError
 
-#: The Backend keys holding shell commands, in lifecycle order. flannel reads the first
-#: four; ShutdownCommand is flannel-ext's own (flannel's dist/ examples carry it unused).
-COMMAND_FIELDS = ("PreStartupCommand", "PostStartupCommand", "SubnetAddCommand",
-                  "SubnetRemoveCommand", "ShutdownCommand")
+#: Each lifecycle step's Hook method and the Backend key holding its shell command, in
+#: lifecycle order: the one list of hook command names. flannel reads the first four;
+#: ShutdownCommand is flannel-ext's own (flannel's dist/ examples carry it unused).
+COMMAND_FIELDS: dict[str, str] = {
+    "pre_startup": "PreStartupCommand",
+    "post_startup": "PostStartupCommand",
+    "subnet_add": "SubnetAddCommand",
+    "subnet_remove": "SubnetRemoveCommand",
+    "shutdown": "ShutdownCommand",
+}
 
 _BACKEND_FIX = ('flannel-ext runs only the extension backend: set "Backend": {"Type": "extension", ...} '
                 'with *Command keys, or "Type": "extension" with "Hook": "vxlan" or "host-gw" '
@@ -328,7 +334,7 @@ def _parse_backend(raw: dict[str, Any], conf: NetConf) -> None:
                    else "unsupported backend type")
         raise ConfigError(src, "Backend.Type", shown, problem, _BACKEND_FIX)
 
-    for name in COMMAND_FIELDS:
+    for name in COMMAND_FIELDS.values():
         present, command = _get(conf.backend, name)
         if not present or command is None:
             continue

@@ -6,34 +6,38 @@ A dataplane is a `Hook` subclass. The runtime calls, in order:
 ``shutdown`` on SIGTERM/SIGINT.
 
 Every method may raise `TemporaryError` (retry later), `PermanentError` (do not retry)
-or any other exception (treated as temporary, with backoff).
+or any other exception (treated as temporary: retried with backoff).
+
+What the runtime needs to know about a hook is declared here, never probed: its
+``timeout``, whether it ``runs_commands`` (and so times out and traces each command
+itself, reporting through ``HookContext.trace_command``) and how many calls it may get
+at once (``max_concurrent_calls``; 1, one call at a time, for Python hooks).
 """
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
-from collections.abc import Sequence
 
 from flannel_ext._util import gojson
 from flannel_ext._util.errors import BatchError
+from flannel_ext._config.netconf import COMMAND_FIELDS
+from flannel_ext._hooks.process import ProcessResult
 
 # The lifecycle method names; anything else public on a Hook subclass that looks like
 # one of these (see loader) is a typo and is refused at load time.
-HOOK_METHODS = ("pre_startup", "post_startup", "subnet_add", "subnet_remove", "shutdown",
-                "subnet_add_batch", "subnet_remove_batch")
+HOOK_METHODS = (*COMMAND_FIELDS, "subnet_add_batch", "subnet_remove_batch")
 
-# flannel's command names for each lifecycle step.
-COMMAND_NAMES = {
-    "pre_startup": "PreStartupCommand",
-    "post_startup": "PostStartupCommand",
-    "subnet_add": "SubnetAddCommand",
-    "subnet_remove": "SubnetRemoveCommand",
-    "shutdown": "ShutdownCommand",
-}
+#: Called by a hook that runs commands, once per finished command:
+#: (flannel's hook name, the lease key or "", the process result).
+CommandTracer = Callable[[str, str, ProcessResult], None]
+
+
+def _no_trace(name: str, subnet: str, result: ProcessResult) -> None:
+    """The tracer outside a runtime (a hook instantiated by hand)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class HookContext:
     dry_run: bool = False
     recorded: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set by the runtime: the seconds one call may take (the hook's own `timeout`, else
+    # `run --hook-timeout`), and where a hook that runs commands reports each one.
+    call_timeout: float = 30.0
+    trace_command: CommandTracer = _no_trace
 
     def option(self, name: str, default: Any = None) -> Any:
         """A Backend option, matched case-insensitively as flannel's JSON decoding does."""
@@ -95,6 +103,16 @@ class Hook:
     description: ClassVar[str] = ""
     backend_type: ClassVar[str] = "extension"
     accepts_backend_types: ClassVar[tuple[str, ...]] = ("extension",)
+    #: Seconds one call may take; None means `run --hook-timeout`. A Python hook that
+    #: overruns is reported as timed out (a thread cannot be killed): the runtime makes
+    #: the next call wait until this one has really returned.
+    timeout: float | None = None
+    #: True for a hook that runs each step as an external command (`ShellHook`): it kills
+    #: a command at ``ctx.call_timeout`` and reports it via ``ctx.trace_command`` itself.
+    runs_commands: ClassVar[bool] = False
+    #: Batches the runtime may hand over at once. Python hooks get one call at a time
+    #: (they need not be thread-safe), even after a call timed out.
+    max_concurrent_calls: ClassVar[int] = 1
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = dict(options or {})
@@ -145,8 +163,3 @@ def _each(method, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
             failures[lease.key] = exc
     if failures:
         raise BatchError(failures)
-
-
-def decode_backend_data(raw: str | None) -> Any:
-    """The JSON value of raw backend data (None when absent)."""
-    return None if raw is None else json.loads(raw)

@@ -37,9 +37,8 @@ _file_modules = itertools.count()
 
 def load_hook(config: NetConf) -> Hook:
     """The Hook for `config`: a Python class when Backend.Hook is set, else the shell commands."""
-    spec = config.backend_option("Hook")
-    if spec:
-        return load_python_hook(str(spec), dict(config.backend), source=config.source)
+    if config.hook:
+        return load_python_hook(config.hook, dict(config.backend), source=config.source)
     from flannel_ext._hooks.shell import ShellHook
     return ShellHook.from_config(config)
 
@@ -96,6 +95,7 @@ def validate_hook_class(cls: Any, *, spec: str = "", source: str = "net-conf.jso
             continue
         if name in HOOK_METHODS or name in ("parse_backend_data", "mtu"):
             _check_signature(cls, name, member, spec, source)
+    _check_declarations(cls, spec, source)
 
 
 def load_hook_file_paths(config: NetConf) -> list[Path]:
@@ -103,7 +103,7 @@ def load_hook_file_paths(config: NetConf) -> list[Path]:
 
     Empty for shell hooks (the net-conf file itself is the runtime's to watch).
     """
-    spec = str(config.backend_option("Hook") or "").strip()
+    spec = (config.hook or "").strip()
     if not spec:
         return []
     if ":" not in spec:
@@ -163,6 +163,7 @@ def _import(module_name: str, spec: str, source: str):
         # A fresh module name per load: a hot reload must run the edited file, not a cache.
         name = f"flannel_ext_hook_{path.stem}_{next(_file_modules)}"
         loader_spec = importlib.util.spec_from_file_location(name, path)
+        assert loader_spec is not None and loader_spec.loader is not None   # a .py path always has one
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
         try:
@@ -185,7 +186,7 @@ def _own_members(cls: type):
     for klass in cls.__mro__:
         if klass is Hook or klass is object or issubclass(Hook, klass):
             continue
-        for name, member in vars(klass).items():
+        for name in vars(klass):
             if not name.startswith("_") and name not in seen:
                 seen.add(name)
                 yield name, inspect.getattr_static(cls, name)
@@ -211,6 +212,19 @@ def _check_signature(cls: type, name: str, member: Any, spec: str, source: str) 
         got = _safe_signature(func)
         raise _error(source, spec, f"{cls.__name__}.{name}{got} has the wrong signature",
                      f"the runtime calls `def {name}{_signature(name)}:`") from None
+
+
+def _check_declarations(cls: type[Hook], spec: str, source: str) -> None:
+    """The attributes the runtime reads (see `Hook`) must have usable values."""
+    timeout = inspect.getattr_static(cls, "timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout <= 0):
+        raise _error(source, spec, f"{cls.__name__}.timeout is {timeout!r}",
+                     "set it to a positive number of seconds, or None for run --hook-timeout")
+    calls = inspect.getattr_static(cls, "max_concurrent_calls")
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise _error(source, spec, f"{cls.__name__}.max_concurrent_calls is {calls!r}",
+                     "set it to a whole number of at least 1 (1: one call at a time)")
 
 
 def _signature(name: str) -> str:

@@ -11,13 +11,12 @@ import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from flannel_ext._util.errors import BatchError, CommandError, HookTimeout
-from flannel_ext._config.netconf import NetConf
-from flannel_ext._hooks.base import COMMAND_NAMES, Hook, HookContext, RemoteLease
+from flannel_ext._config.netconf import COMMAND_FIELDS, NetConf
+from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
 from flannel_ext._hooks.process import ProcessResult, run_process
-
-OUTPUT_LIMIT = 4096  # bytes of output kept for logs and traces
 
 
 #: The variables each command gets on top of the daemon's environment: the one list (lint
@@ -68,27 +67,27 @@ class ShellHook(Hook):
     """Runs the five *Command strings of the Backend object with `sh -c`."""
 
     description = "shell commands from net-conf.json (flannel's extension backend)"
-    runs_commands = True   # traces and times out each process itself
-    max_parallel = 16      # concurrent commands across different subnets in one batch
+    runs_commands = True       # kills each process at ctx.call_timeout and traces it itself
+    max_concurrent_calls = 4   # each command is its own process: batches may overlap
+    max_parallel = 16          # concurrent commands across different subnets in one batch
 
-    def __init__(self, commands: dict[str, str], options: dict | None = None, *, timeout: float = 30.0,
-                 shell: str = "/bin/sh"):
+    def __init__(self, commands: dict[str, str], options: dict | None = None, *,
+                 timeout: float | None = None, shell: str = "/bin/sh"):
         super().__init__(options)
         self.commands = {k: v for k, v in commands.items() if v}
         self.timeout = timeout
         self.shell = shell
-        self.tracer: Callable[[str, str, ProcessResult], None] | None = None
 
     @classmethod
-    def from_config(cls, config: NetConf, **kwargs) -> ShellHook:
-        commands = {method: config.backend_option(name) or "" for method, name in COMMAND_NAMES.items()}
+    def from_config(cls, config: NetConf, **kwargs: Any) -> ShellHook:
+        commands = {method: config.commands.get(name, "") for method, name in COMMAND_FIELDS.items()}
         return cls(commands, dict(config.backend), **kwargs)
 
     # --- running -----------------------------------------------------------------
     def _run(self, method: str, ctx: HookContext, extra_env: dict[str, str], stdin: str,
              subnet: str = "") -> ProcessResult | None:
         command = self.commands.get(method)
-        name = COMMAND_NAMES[method]
+        name = COMMAND_FIELDS[method]
         if not command:
             return None
         env = dict(os.environ)
@@ -99,16 +98,14 @@ class ShellHook(Hook):
             shown = pasteable(self.shell, command, {**extra_env, "FLANNEL_IFACE": env["FLANNEL_IFACE"]},
                               stdin, str(ctx.state_dir))
             result = ProcessResult(argv, 0, "", f"(dry run) {shown}", 0.0)
-            if self.tracer:
-                self.tracer(name, subnet, result)
+            ctx.trace_command(name, subnet, result)
             return result
         os.makedirs(ctx.state_dir, exist_ok=True)
-        result = run_process(argv, env=env, cwd=str(ctx.state_dir), stdin=stdin, timeout=self.timeout)
-        result.stdout, result.stderr = result.stdout[-OUTPUT_LIMIT:], result.stderr[-OUTPUT_LIMIT:]
-        if self.tracer:
-            self.tracer(name, subnet, result)
+        result = run_process(argv, env=env, cwd=str(ctx.state_dir), stdin=stdin, timeout=ctx.call_timeout)
+        ctx.trace_command(name, subnet, result)
         if result.timed_out:
-            raise HookTimeout(name, self.timeout, subnet=subnet, argv=argv, output=result.stdout + result.stderr)
+            raise HookTimeout(name, ctx.call_timeout, subnet=subnet, argv=argv,
+                              output=result.stdout + result.stderr)
         if result.returncode != 0:
             raise CommandError(argv, result.returncode, result.stdout, stderr=result.stderr, hook=name,
                                subnet=subnet)
@@ -146,7 +143,8 @@ class ShellHook(Hook):
     def subnet_remove_batch(self, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
         self._parallel(self.subnet_remove, leases, ctx)
 
-    def _parallel(self, method, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
+    def _parallel(self, method: Callable[[RemoteLease, HookContext], None], leases: Sequence[RemoteLease],
+                  ctx: HookContext) -> None:
         if len(leases) <= 1:
             for lease in leases:
                 method(lease, ctx)

@@ -7,7 +7,11 @@ This gives the runtime's promises without special cases:
   * one call in flight per subnet, so events for a subnet are never reordered;
   * a failure only delays that subnet (capped exponential backoff), never the others;
   * a Remove that arrives while an Add retry waits simply makes the slot idle;
+  * a Remove that gives up forgets the old data, so the Add of newer data still runs;
   * many ready subnets go to the hook as one batch.
+The dispatcher thread never dies silently: an unexpected error is logged once, files a
+"dispatcher" problem in `NodeStats` (so /readyz is 503 with the reason) and the loop
+carries on after a pause; the problem clears once a pass succeeds.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable
 
-from flannel_ext._util.errors import TemporaryError
+from flannel_ext._util.errors import HookError, TemporaryError
+from flannel_ext._config.netconf import COMMAND_FIELDS
 from flannel_ext._hooks.base import RemoteLease
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.stats import NodeStats
@@ -64,16 +69,17 @@ class Slot:
         return None
 
 
+PROBLEM = "dispatcher"    # the NodeStats problem filed while the loop is failing
+LOOP_PAUSE = (1.0, 30.0)  # pause after an unexpected error, doubling
+
+
 class Dispatcher:
     def __init__(self, caller: HookCaller, stats: NodeStats, *, backoff: Backoff | None = None,
-                 batch_size: int = 1024, concurrency: int = 4,
+                 batch_size: int = 1024,
                  on_programmed: Callable[[dict[str, RemoteLease]], None] | None = None):
         self.caller, self.stats = caller, stats
         self.backoff = backoff or Backoff()
         self.batch_size = batch_size
-        # Python hooks get one batch at a time (recipes need not be thread-safe);
-        # shell batches may overlap, each already parallel inside.
-        self.concurrency = concurrency if caller.self_managed else 1
         self.on_programmed = on_programmed
         self.slots: dict[str, Slot] = {}
         self._cond = threading.Condition()
@@ -82,7 +88,8 @@ class Dispatcher:
         self._busy = 0
         self._dirty = False
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dispatch")
+        # Sized for the most any hook declares; `caller.max_concurrent_calls` is the limit.
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="dispatch")
 
     # --- inputs -------------------------------------------------------------------
     def set_desired(self, key: str, lease: RemoteLease | None) -> None:
@@ -127,8 +134,7 @@ class Dispatcher:
         """Stop starting new calls and wait for those in flight (used around a reload)."""
         with self._cond:
             self._paused = True
-            while self._busy:
-                self._cond.wait(0.1)
+            self._cond.wait_for(lambda: self._busy == 0)
 
     def resume(self, caller: HookCaller | None = None) -> None:
         with self._cond:
@@ -138,8 +144,9 @@ class Dispatcher:
             self._cond.notify_all()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.pause()
         with self._cond:
+            self._paused = True
+            self._cond.wait_for(lambda: self._busy == 0, timeout)
             self._stop = True
             self._cond.notify_all()
         if self._thread:
@@ -156,25 +163,52 @@ class Dispatcher:
 
     # --- the loop -----------------------------------------------------------------
     def _loop(self) -> None:
-        with self._cond:
-            while not self._stop:
-                wait = self._dispatch_ready()
-                self._cond.wait(wait)
-                if self._dirty and self._busy == 0:
-                    self._cond.release()
-                    try:
-                        self._flush()
-                    finally:
-                        self._cond.acquire()
+        pause = LOOP_PAUSE[0]
+        while True:
+            try:
+                if not self._pass():
+                    return
+            except Exception as exc:  # noqa: BLE001 - reported, never a silent death
+                log.error("dispatcher failed (retrying in %.0fs): %s: %s", pause, type(exc).__name__, exc)
+                self.stats.set_problem(PROBLEM, f"{type(exc).__name__}: {exc}")
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stop, pause)
+                pause = min(pause * 2, LOOP_PAUSE[1])
+                continue
+            if PROBLEM in self.stats.problems:
+                self.stats.clear_problem(PROBLEM)
+                log.info("dispatcher recovered")
+            pause = LOOP_PAUSE[0]
 
-    def _dispatch_ready(self) -> float:
-        """Start batches for ready slots; returns how long to sleep. Holds the lock."""
-        if self._paused or self._busy >= self.concurrency:
-            return 1.0
+    def _pass(self) -> bool:
+        """Start what is ready, wait for a change, start what that made ready, then record
+        the programmed state; False once stopped. The next batch is started *before* the
+        state file is written, so writing it (slow for a big table) overlaps the batch
+        instead of leaving the hook idle. The record stays safe with calls in flight: an
+        add in flight is not recorded yet (a restart adds it again), a remove in flight
+        still is (a restart removes it again)."""
+        with self._cond:
+            if self._stop:
+                return False
+            wait = self._dispatch_ready()
+            if not self._dirty:
+                self._cond.wait(wait)
+                self._dispatch_ready()
+            flush = self._dirty
+        if flush:
+            self._flush()
+        return True
+
+    def _dispatch_ready(self) -> float | None:
+        """Start batches for ready slots; returns how long to sleep (None: until notified).
+        Holds the lock."""
+        if self._paused:
+            return None
+        limit = self.caller.max_concurrent_calls
         now = time.monotonic()
-        batches: dict[str, list[RemoteLease]] = {"remove": [], "add": []}
-        wake = 1.0
+        wake: float | None = None
         pending = 0
+        ready: dict[str, list[tuple[Slot, RemoteLease]]] = {"remove": [], "add": []}
         for slot in self.slots.values():
             step = slot.next_step()
             if step is None or slot.in_flight or slot.gave_up:
@@ -182,17 +216,18 @@ class Dispatcher:
             if slot.attempts:
                 pending += 1
             if slot.not_before > now:
-                wake = min(wake, slot.not_before - now)
+                wake = slot.not_before - now if wake is None else min(wake, slot.not_before - now)
                 continue
             kind, lease = step
-            if len(batches[kind]) < self.batch_size:
-                batches[kind].append(lease)
-                slot.in_flight = True
-        self.stats.retries_pending = pending
-        for kind in ("remove", "add"):
-            if batches[kind]:
+            if len(ready[kind]) < self.batch_size:
+                ready[kind].append((slot, lease))
+        self.stats.set_retries_pending(pending)
+        for kind in ("remove", "add"):   # removes first: an add may reuse what they free
+            if ready[kind] and self._busy < limit:
+                for slot, _ in ready[kind]:
+                    slot.in_flight = True
                 self._busy += 1
-                self._pool.submit(self._run_batch, kind, batches[kind])
+                self._pool.submit(self._run_batch, kind, [lease for _, lease in ready[kind]])
         return wake
 
     def _run_batch(self, kind: str, leases: list[RemoteLease]) -> None:
@@ -201,24 +236,34 @@ class Dispatcher:
         except BaseException as exc:  # noqa: BLE001 - never lose the slot's in_flight flag
             results = {lease.key: exc for lease in leases}
         with self._cond:
-            now = time.monotonic()
-            for lease in leases:
-                slot = self.slots[lease.key]
-                slot.in_flight = False
-                error = results.get(lease.key)
-                if error is None:
-                    self._succeeded(slot, kind, lease)
-                elif kind == "add" and not same_lease(slot.desired, lease):
-                    # Superseded while in flight (e.g. a peer published its VTEP MAC): the
-                    # failure was about data nobody wants any more; the new data runs next.
-                    log.info("add %s failed with superseded data (%s); trying the new data", lease.key, error)
-                else:
-                    self._failed(slot, kind, lease, error, now)
-                if slot.desired is None and slot.programmed is None:
-                    del self.slots[lease.key]
-            self._busy -= 1
-            self._dirty = True
-            self._cond.notify_all()
+            try:
+                self._record(kind, leases, results)
+            except Exception as exc:  # noqa: BLE001 - reported; the loop must not stall
+                log.error("dispatcher failed recording a %s batch: %s: %s", kind, type(exc).__name__, exc)
+                self.stats.set_problem(PROBLEM, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._busy -= 1
+                self._dirty = True
+                self._cond.notify_all()
+
+    def _record(self, kind: str, leases: list[RemoteLease], results: dict[str, BaseException | None]) -> None:
+        now = time.monotonic()
+        for lease in leases:
+            slot = self.slots.get(lease.key)
+            if slot is None:
+                continue
+            slot.in_flight = False
+            error = results.get(lease.key)
+            if error is None:
+                self._succeeded(slot, kind, lease)
+            elif kind == "add" and not same_lease(slot.desired, lease):
+                # Superseded while in flight (e.g. a peer published its VTEP MAC): the
+                # failure was about data nobody wants any more; the new data runs next.
+                log.info("add %s failed with superseded data (%s); trying the new data", lease.key, error)
+            else:
+                self._failed(slot, kind, lease, error, now)
+            if slot.desired is None and slot.programmed is None:
+                del self.slots[lease.key]
 
     def _succeeded(self, slot: Slot, kind: str, lease: RemoteLease) -> None:
         slot.programmed = lease if kind == "add" else None
@@ -227,14 +272,20 @@ class Dispatcher:
 
     def _failed(self, slot: Slot, kind: str, lease: RemoteLease, error: BaseException, now: float) -> None:
         slot.attempts += 1
-        temporary = getattr(error, "temporary", True)
+        permanent = isinstance(error, HookError) and not error.temporary
         limit = self.backoff.attempts
-        if not temporary or (limit and slot.attempts >= limit):
-            slot.gave_up = True
-            why = "permanent error" if not temporary else f"{slot.attempts} attempts"
+        if permanent or (limit and slot.attempts >= limit):
+            why = "permanent error" if permanent else f"{slot.attempts} attempts"
             log.error("giving up on %s %s after %s: %s", kind, lease.key, why, error)
+            self.stats.record_giveup(COMMAND_FIELDS[f"subnet_{kind}"])
             if kind == "remove":
-                slot.programmed = None  # unknown kernel state; do not retry forever
+                # The kernel state of the old data is unknown; forget it rather than retry
+                # for ever, and go on to the add of the newer data (if any): a remove that
+                # gives up must never strand it.
+                slot.programmed, slot.reassert = None, False
+                slot.attempts, slot.not_before = 0, 0.0
+            else:
+                slot.gave_up = True
             return
         delay = error.delay if isinstance(error, TemporaryError) and error.delay else \
             self.backoff.delay(slot.attempts)
@@ -247,4 +298,9 @@ class Dispatcher:
             self._dirty = False
             programmed = {k: s.programmed for k, s in self.slots.items() if s.programmed is not None}
         if self.on_programmed:
-            self.on_programmed(programmed)
+            try:
+                self.on_programmed(programmed)
+            except BaseException:
+                with self._cond:
+                    self._dirty = True   # write it again on the next pass
+                raise

@@ -2,7 +2,8 @@
 
 Semantics follow flanneld (see Documentation/migrating-from-flannel.md): /healthz is 200 ``flanneld is running`` as
 long as the process serves HTTP; /readyz is 200 ``flanneld is ready`` once subnet.env is
-written (``NodeStats.ready``) and 503 before. /metrics is rendered at scrape time from
+written (``NodeStats.ready``) and 503 before, or while a daemon thread reports a problem
+(``NodeStats.problems``: the body names it). /metrics is rendered at scrape time from
 the same `NodeStats`, through a private registry, so several servers (tests, the lab's
 nodes in one process) never collide in prometheus_client's global registry. The hook
 duration histogram counts the calls made while the server runs (`run` starts it before
@@ -74,6 +75,7 @@ class StatsCollector:
         families = [
             ("flannel_ext_hook_calls", "Hook calls, by flannel hook name.", "hook_calls"),
             ("flannel_ext_hook_failures", "Hook calls that failed, by hook.", "hook_failures"),
+            ("flannel_ext_hook_giveups", "Changes whose retries gave up, by hook.", "hook_giveups"),
         ]
         for name, doc, key in families:
             family = CounterMetricFamily(name, doc, labels=["hook"])
@@ -89,7 +91,7 @@ class StatsCollector:
                                 value=snap["leases_known"])
         yield GaugeMetricFamily("flannel_ext_retries_pending", "Failed hook calls waiting for a retry.",
                                 value=snap["retries_pending"])
-        yield GaugeMetricFamily("flannel_ext_ready", "1 once subnet.env is written (what /readyz reports).",
+        yield GaugeMetricFamily("flannel_ext_ready", "1 when /readyz answers 200.",
                                 value=1 if snap["ready"] else 0)
         last = GaugeMetricFamily("flannel_ext_last_reconcile_timestamp_seconds",
                                  "UNIX time of the last finished reconcile (absent before the first).")
@@ -106,10 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._reply(200, b"flanneld is running")
         elif path == "/readyz":
-            if self.server.stats.ready:
+            if self.server.stats.is_ready():
                 self._reply(200, b"flanneld is ready")
             else:
-                self._reply(503, b"flanneld is not ready")
+                reason = self.server.stats.not_ready_reason()
+                self._reply(503, f"flanneld is not ready: {reason}".encode())
         elif path == "/metrics":
             self._reply(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
         else:

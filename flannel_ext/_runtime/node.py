@@ -2,34 +2,43 @@
 
 Order (flannel's RegisterNetwork + main, with its gaps filled):
 PreStartup → acquire lease → PostStartup → subnet.env → reconcile with the state file →
-watch events → … → ShutdownCommand on SIGTERM/SIGINT (flannel never runs it).
+watch events → … → ShutdownCommand on SIGTERM/SIGINT (flannel never runs it), also when
+the stop comes during the start-up retries.
+
+The main loop blocks on the `Inbox` until the next item (a batch of lease events, a
+reload or stop request, a stats change) or its next deadline (lease renewal, a watch
+restart: see `LeaseWatch`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
 from flannel_ext._util.files import write_atomic
 from flannel_ext._config.netconf import NetConf
 from flannel_ext._config import paths
-from flannel_ext._hooks.base import Hook, HookContext
-from flannel_ext._stores.base import AcquireRequest, LeaseStore
+from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
+from flannel_ext._stores.base import AcquireRequest, LeaseStore, Snapshot
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel_ext._runtime import state, subnetenv
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.dispatch import Backoff, Dispatcher
+from flannel_ext._runtime.inbox import Inbox, Request, Stopped, WatchFailed
+from flannel_ext._runtime.leasewatch import LeaseWatch
 from flannel_ext._runtime.iface import ExternalInterface
 from flannel_ext._runtime.stats import NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
 log = logging.getLogger("flannel_ext.node")
+STATS_INTERVAL = 0.5          # write stats.json at most this often
+RENEW_PROBLEM = "renew"
 
 
 class StartupFailed(FlannelExtError):
@@ -63,15 +72,18 @@ class NodeRuntime:
         self.lease: Lease | None = None
         self.on_ready: list[Callable[[NodeRuntime], None]] = []
         self.reload_source: Callable[[], tuple[NetConf, Hook] | None] | None = None
-        self._reload_requested = threading.Event()
+        self.inbox = Inbox()
         self._renew_retry_at = 0.0
-        self._events: queue.Queue = queue.Queue()
-        self._stats_written = ""
+        self._stats_written, self._stats_at = "", 0.0
+        self._stats_due: float | None = None
+        self._stats_queued = False
+        self.watch = LeaseWatch(store, self.inbox, self.stats, self._resync)
+        self._dispatching = False
         if not options.dry_run:
             os.makedirs(options.state_dir, exist_ok=True)
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
-            log=logging.getLogger("flannel_ext.hook"), state_dir=options.state_dir,
+            log=logging.getLogger("flannel_ext.hook"), state_dir=Path(options.state_dir),
             public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
             dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
@@ -83,24 +95,26 @@ class NodeRuntime:
         return os.path.join(self.options.state_dir, "programmed.json")
 
     def _make_caller(self, hook: Hook) -> HookCaller:
-        if hasattr(hook, "timeout"):
-            hook.timeout = self.options.hook_timeout
-        return HookCaller(hook, self.ctx, self.stats, timeout=self.options.hook_timeout)
+        return HookCaller(hook, self.ctx, self.stats, default_timeout=self.options.hook_timeout)
 
     # --- start-up ----------------------------------------------------------------
-    def _with_retries(self, what: str, fn: Callable):
-        """Retry a start-up step with backoff; flannel exits (and crash-loops) at once."""
+    def _with_retries(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Retry a start-up step with backoff, whatever it raises (`PermanentError` ends it
+        at once); flannel exits (and crash-loops) at once. A stop request ends the wait."""
         attempts = max(1, self.options.startup_attempts)
         for attempt in range(1, attempts + 1):
             try:
                 return fn()
-            except (HookError, StoreError, OSError) as exc:
-                if attempt == attempts or not getattr(exc, "temporary", True):
-                    raise StartupFailed(f"{what} failed after {attempt} attempt(s): {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - any exception is retried, as documented
+                why = str(exc) if isinstance(exc, FlannelExtError) else f"{type(exc).__name__}: {exc}"
+                if attempt == attempts or (isinstance(exc, HookError) and not exc.temporary):
+                    self.stats.record_giveup(what.split()[-1] if "Command" in what else "lease")
+                    raise StartupFailed(f"{what} failed after {attempt} attempt(s): {why}") from None
                 delay = self.options.backoff.delay(attempt)
                 log.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s",
-                            what, attempt, attempts, delay, exc)
-                time.sleep(delay)
+                            what, attempt, attempts, delay, why)
+                self.inbox.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _acquire(self) -> Lease:
         attrs = self._wanted_attrs()
@@ -132,7 +146,7 @@ class NodeRuntime:
         self.stats.subnet = str(lease.subnet or "")
 
     def _write_subnet_env(self) -> None:
-        fields = dict(network=self.config.network, subnet=self.ctx.subnet,
+        fields: dict[str, Any] = dict(network=self.config.network, subnet=self.ctx.subnet,
                       ipv6_network=self.config.ipv6_network, ipv6_subnet=self.ctx.ipv6_subnet,
                       mtu=self.hook.mtu(self.ctx) or self.iface.mtu, ip_masq=self.options.ip_masq)
         if self.options.dry_run:
@@ -164,6 +178,7 @@ class NodeRuntime:
             self._reject(event.key, "unparsable", event.reason)
             return
         lease = event.lease
+        assert lease is not None   # only REJECTED events come without one
         if self.lease is not None and lease.same_subnet(self.lease):
             if event.type is EventType.REMOVED:
                 log.warning("our lease %s was revoked or expired; acquiring again", lease.key)
@@ -191,34 +206,61 @@ class NodeRuntime:
     def _reacquire(self) -> None:
         old = self.lease
         self.lease = None
-        self._set_lease(self._acquire())
-        if old is None or not self.lease.same_subnet(old):
+        new = self._acquire()
+        self._set_lease(new)
+        if old is None or not new.same_subnet(old):
             log.warning("subnet changed from %s to %s; running PostStartup again",
-                        old and old.key, self.lease.key)
+                        old and old.key, new.key)
             self._with_retries("PostStartupCommand", lambda: self.caller.lifecycle("post_startup"))
             self._write_subnet_env()
 
-    def _renew_if_due(self) -> None:
+    def _renew_due(self) -> float | None:
+        """When (time.time()) the lease must be renewed; None if it never expires."""
         lease = self.lease
         if lease is None or lease.expiration is None:
-            return
+            return None
         ttl = self.options.lease_ttl
-        now = time.time()
-        if now < max(lease.expiration - min(self.options.renew_margin, ttl / 2), self._renew_retry_at):
-            return
-        try:
-            self._set_lease(self.store.renew(lease, ttl))
-        except StoreError as exc:
-            # flannel retries after 1 min; sooner for short (test) TTLs.
-            self._renew_retry_at = now + min(60.0, ttl / 4)
-            log.error("Error renewing lease (trying again soon): %s", exc)
+        return max(lease.expiration - min(self.options.renew_margin, ttl / 2), self._renew_retry_at)
 
-    # --- reload ------------------------------------------------------------------
+    def _renew(self) -> None:
+        assert self.lease is not None
+        ttl = self.options.lease_ttl
+        try:
+            self._set_lease(self.store.renew(self.lease, ttl))
+        except Exception as exc:  # noqa: BLE001 - a renewal bug must not stop the node either
+            # flannel retries after 1 min; sooner for short (test) TTLs.
+            self._renew_retry_at = time.time() + min(60.0, ttl / 4)
+            log.error("Error renewing lease (trying again soon): %s", exc)
+            if not isinstance(exc, StoreError):
+                self.stats.set_problem(RENEW_PROBLEM, f"{type(exc).__name__}: {exc}")
+            return
+        self.stats.clear_problem(RENEW_PROBLEM)
+
+    # --- the lease watch ---------------------------------------------------------
+    def _resync(self, snapshot: Snapshot) -> None:
+        """After a watch restart: leases gone from the fresh list are removed, the rest applied."""
+        gone = self.dispatcher.desired_keys() - {lease.key for lease in snapshot.leases} \
+            - {event.key for event in snapshot.rejected}
+        for key in gone:
+            self.dispatcher.set_desired(key, None)
+        self._apply_snapshot(snapshot)
+
+    def _apply_snapshot(self, snapshot: Snapshot) -> None:
+        for event in snapshot.rejected:
+            self._handle(event)
+        for lease in snapshot.leases:
+            self._handle(LeaseEvent.added(lease))
+
+    # --- reload and stop ---------------------------------------------------------
     def request_reload(self) -> None:
-        self._reload_requested.set()
+        self.inbox.put(Request.RELOAD)
+
+    def request_stop(self) -> None:
+        """Safe to call from a signal handler: the main loop (or a start-up retry) ends,
+        and ShutdownCommand runs."""
+        self.inbox.request_stop()
 
     def _reload(self) -> None:
-        self._reload_requested.clear()
         try:
             loaded = self.reload_source() if self.reload_source else None
         except FlannelExtError as exc:
@@ -234,6 +276,7 @@ class NodeRuntime:
         log.info("configuration changed: restarting the dataplane with the new hook")
         self.dispatcher.pause()
         self._shutdown_hook()
+        self.caller.close()
         self.config, self.hook = config, hook
         self.ctx.options = dict(config.backend)
         self.caller = self._make_caller(hook)
@@ -244,18 +287,31 @@ class NodeRuntime:
     def _shutdown_hook(self) -> None:
         try:
             self.caller.lifecycle("shutdown")
-        except FlannelExtError as exc:
+        except Exception as exc:  # noqa: BLE001 - logged; the daemon is exiting or reloading
             log.error("ShutdownCommand failed: %s", exc)
 
-    # --- the main loop -----------------------------------------------------------
-    def _save_programmed(self, programmed) -> None:
+    # --- stats -------------------------------------------------------------------
+    def _save_programmed(self, programmed: dict[str, RemoteLease]) -> None:
         if self.options.dry_run:
             return
         state.save(self.state_file, programmed, own=self.lease.key if self.lease else "")
 
+    def _stats_changed(self) -> None:
+        """NodeStats.on_change, from any thread: one queued request at a time."""
+        if not self._stats_queued:
+            self._stats_queued = True
+            self.inbox.put(Request.STATS)
+
+    def _stats_requested(self) -> None:
+        self._stats_queued = False
+        if self._stats_due is None:
+            self._stats_due = max(time.monotonic(), self._stats_at + STATS_INTERVAL)
+
     def _write_stats(self) -> None:
+        self._stats_due = None
         if self.options.dry_run:
             return
+        self._stats_at = time.monotonic()
         self.stats.leases_known = len(self.dispatcher.desired_keys())
         snap = self.stats.snapshot()
         snap.update(node=self.options.node_name, public_ip=self.public_ip, pid=os.getpid())
@@ -264,71 +320,80 @@ class NodeRuntime:
             write_atomic(os.path.join(self.options.state_dir, "stats.json"), text + "\n")
             self._stats_written = text
 
-    def _watch(self, revision: int, stop: threading.Event) -> None:
-        try:
-            for batch in self.store.watch(revision, stop):
-                self._events.put(batch)
-                if stop.is_set():
-                    return
-        except Exception as exc:  # noqa: BLE001 - reported to the main loop
-            self._events.put(exc)
-
+    # --- the main loop -----------------------------------------------------------
     def _dry_run_finish(self) -> int:
         while not self.dispatcher.idle():
             time.sleep(0.05)
-        self.dispatcher.stop()
-        self._shutdown_hook()
         log.info("(dry run) done: nothing was changed in the kernel or the store")
         return 0
 
-    def run(self, stop: threading.Event) -> int:
-        self.start_dataplane()
-        for callback in self.on_ready:
-            callback(self)
-        self.stats.ready = True
-        snapshot = self.store.list()
-        self.dispatcher.load_programmed(state.load(self.state_file))
-        for event in snapshot.rejected:
-            self._handle(event)
-        for lease in snapshot.leases:
-            self._handle(LeaseEvent.added(lease))
-        self.stats.mark_reconciled()
-        self.dispatcher.start()
-        if self.options.dry_run:
-            return self._dry_run_finish()
-        watch_stop = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(snapshot.revision, watch_stop),
-                                   name="watch", daemon=True)
-        watcher.start()
-        last_stats = 0.0
+    def run(self) -> int:
+        """Start up, then serve events until `request_stop()`; ShutdownCommand runs on the
+        way out whenever start-up began (also after a stop during its retries)."""
+        self.stats.on_change = self._stats_changed
         try:
-            while not stop.is_set():
-                try:
-                    item = self._events.get(timeout=0.1)
-                except queue.Empty:
-                    item = []
-                if isinstance(item, Exception):
-                    raise StoreError(f"lease watch failed: {item}")
-                for event in item:
-                    self._handle(event)
-                if self._reload_requested.is_set():
-                    self._reload()
-                self._renew_if_due()
-                if time.monotonic() - last_stats > 0.5:
-                    self._write_stats()
-                    last_stats = time.monotonic()
-        finally:
-            watch_stop.set()
-            self.dispatcher.stop()
-            self._shutdown_hook()
-            if self.options.release_on_exit and self.lease is not None:
-                try:
-                    self.store.release(self.lease)
-                    log.info("released lease %s", self.lease.key)
-                except StoreError as exc:
-                    log.error("could not release lease %s: %s", self.lease.key, exc)
-            self.stats.ready = False
+            self.start_dataplane()
+            for callback in self.on_ready:
+                callback(self)
+            self.stats.ready = True
+            snapshot = self.store.list()
+            self.dispatcher.load_programmed(state.load(self.state_file))
+            self._apply_snapshot(snapshot)
+            self.stats.mark_reconciled()
+            self.dispatcher.start()
+            self._dispatching = True
+            if self.options.dry_run:
+                return self._dry_run_finish()
+            self.watch.start(snapshot.revision)
             self._write_stats()
-            watcher.join(2.0)
+            self._loop()
+        except Stopped:
+            log.info("stop requested during start-up")
+        finally:
+            self._finish()
         log.info("Exiting cleanly...")
         return 0
+
+    def _next_timeout(self) -> float | None:
+        now, wall = time.monotonic(), time.time()
+        deadlines = [d - now for d in (self.watch.restart_at, self._stats_due) if d is not None]
+        renew = self._renew_due()
+        if renew is not None:
+            deadlines.append(renew - wall)
+        return max(0.0, min(deadlines)) if deadlines else None
+
+    def _loop(self) -> None:
+        while not self.inbox.stop_requested:
+            item = self.inbox.get(self._next_timeout())
+            if isinstance(item, list):
+                for event in item:
+                    self._handle(event)
+            elif isinstance(item, WatchFailed):
+                self.watch.failed(item)
+            elif item is Request.RELOAD:
+                self._reload()
+            elif item is Request.STATS:
+                self._stats_requested()
+            now = time.monotonic()
+            self.watch.restart_if_due()
+            renew = self._renew_due()
+            if renew is not None and time.time() >= renew:
+                self._renew()
+            if self._stats_due is not None and now >= self._stats_due:
+                self._write_stats()
+
+    def _finish(self) -> None:
+        self.watch.stop()
+        if self._dispatching:
+            self.dispatcher.stop()
+        self._shutdown_hook()
+        self.caller.close()
+        if self.options.release_on_exit and self.lease is not None and not self.options.dry_run:
+            try:
+                self.store.release(self.lease)
+                log.info("released lease %s", self.lease.key)
+            except StoreError as exc:
+                log.error("could not release lease %s: %s", self.lease.key, exc)
+        self.stats.on_change = None
+        self.stats.ready = False
+        self._write_stats()

@@ -3,31 +3,34 @@ the runtime to validate and re-run the lifecycle (the runtime keeps the old data
 the new configuration is invalid)."""
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
+from typing import Protocol
 
-from watchdog.events import FileSystemEventHandler
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from flannel_ext._config.netconf import NetConf
+from flannel_ext._hooks.loader import load_hook_file_paths
 
 log = logging.getLogger("flannel_ext.reload")
 DEBOUNCE = 0.15  # editors write a file in several steps; wait for the last one
 
 
-def watched_files(net_conf: str, hook) -> set[str]:
-    files = {os.path.realpath(net_conf)}
-    try:
-        source = inspect.getsourcefile(type(hook))
-    except TypeError:
-        source = None
-    if source and "site-packages" not in source:
-        files.add(os.path.realpath(source))
-    return files
+class Reloadable(Protocol):
+    config: NetConf
+
+    def request_reload(self) -> None: ...
+
+
+def watched_files(net_conf: str, config: NetConf) -> set[str]:
+    """net-conf.json and the file the configured Python hook comes from (the loader's lookup)."""
+    return {os.path.realpath(net_conf)} | {os.path.realpath(p) for p in load_hook_file_paths(config)}
 
 
 class ReloadWatcher(FileSystemEventHandler):
-    def __init__(self, net_conf: str, runtime):
+    def __init__(self, net_conf: str, runtime: Reloadable):
         self.net_conf, self.runtime = net_conf, runtime
         self.observer = Observer()
         self._dirs: set[str] = set()
@@ -35,7 +38,7 @@ class ReloadWatcher(FileSystemEventHandler):
         self._lock = threading.Lock()
 
     def _files(self) -> set[str]:
-        return watched_files(self.net_conf, self.runtime.hook)
+        return watched_files(self.net_conf, self.runtime.config)
 
     def _schedule(self) -> None:
         for path in self._files():
@@ -56,10 +59,10 @@ class ReloadWatcher(FileSystemEventHandler):
         self.observer.stop()
         self.observer.join(2)
 
-    def on_any_event(self, event) -> None:
+    def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in ("modified", "created", "moved", "closed"):
             return
-        paths = {os.path.realpath(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p}
+        paths = {os.path.realpath(os.fsdecode(p)) for p in (event.src_path, event.dest_path) if p}
         if not paths & self._files():
             return
         with self._lock:

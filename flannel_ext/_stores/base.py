@@ -8,9 +8,9 @@ unicast PublicIP, BackendData limits) are the runtime's job: see `_runtime.valid
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-from collections.abc import Iterator
 
 from flannel_ext._config.netconf import NetConf
 from flannel_ext._stores.lease import IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent
@@ -59,13 +59,83 @@ class LeaseStore(Protocol):
     def list(self) -> Snapshot:
         """Every live lease (expired ones excluded) and the revision they were read at."""
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
-        """Yield batches of events after `revision` until `stop` is set.
+    def watch(self, revision: int, sink: EventSink) -> Watch:
+        """Deliver every batch of events after `revision` to `sink`, from a store thread,
+        until the returned `Watch` is closed.
 
-        A batch may be empty (a heartbeat), so the caller can check `stop`. If the store
-        lost history since `revision` (compaction), it lists again and yields the diff.
-        Expired leases are reported as REMOVED. The node's own lease is included.
+        Batches are never empty and arrive in order. Connection loss is retried inside; if
+        the store lost history since `revision` (compaction), it lists again and delivers
+        the diff. Expired leases are reported as REMOVED. The node's own lease is included.
+        Anything that ends the watch otherwise is reported once, to `sink.failed`.
         """
 
     def close(self) -> None:
         """Release connections and threads."""
+
+
+class EventSink(Protocol):
+    """Where a watch delivers; called from the store's watch thread."""
+
+    def deliver(self, batch: list[LeaseEvent]) -> None:
+        """One non-empty batch of events, in store order."""
+
+    def failed(self, error: BaseException) -> None:
+        """The watch ended for good (it delivers nothing more): `error` says why."""
+
+
+class Watch:
+    """A running watch: a daemon thread that runs a store's `loop(watch)` until `close()`.
+
+    The loop delivers through `watch.sink`, checks `watch.closing` and registers with
+    `on_close` whatever interrupts its blocking waits (close a socket, set an event), so
+    close() is prompt. An exception (or a return) that ends the loop before close() is
+    reported to `sink.failed`: a watch never dies silently.
+    """
+
+    def __init__(self, name: str, loop: Callable[[Watch], None], sink: EventSink):
+        self.sink, self._loop = sink, loop
+        self.closing = threading.Event()
+        self._wakers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def deliver(self, batch: list[LeaseEvent]) -> None:
+        if batch and not self.closing.is_set():
+            self.sink.deliver(batch)
+
+    def on_close(self, waker: Callable[[], None]) -> None:
+        """Call `waker` on close() (at once if already closed)."""
+        with self._lock:
+            self._wakers.append(waker)
+        if self.closing.is_set():
+            waker()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop delivering and wait up to `timeout` for the thread to end."""
+        self.closing.set()
+        with self._lock:
+            wakers = list(self._wakers)
+        for waker in wakers:
+            try:
+                waker()
+            except Exception:  # noqa: BLE001 - closing a half-open connection may fail
+                pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self._loop(self)
+        except BaseException as exc:  # noqa: BLE001 - reported to the sink, never lost
+            if not self.closing.is_set():
+                self.sink.failed(exc)
+            return
+        if not self.closing.is_set():
+            self.sink.failed(RuntimeError("the watch loop returned before close()"))

@@ -10,18 +10,17 @@ not a Reset that removes every lease. See Documentation/stores.md.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import math
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Iterator
 
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import out_of_subnets, plan_acquire
-from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.etcd_watch import Gateway, WatchStream, b64, parse_endpoints, prefix_end, unb64
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, display_key, parse_entry, parse_subnet_key
 
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
 RACE_ROUNDS = 10          # re-plans after losing every candidate (flannel's raceRetries)
-HEARTBEAT = 1.0           # an empty batch at least this often, so the caller sees `stop`
+HEARTBEAT = 1.0           # how long a liveness probe may take
 PROBE_AFTER = 5.0         # a quiet stream is checked with a cheap call after this long
 BACKOFF = (0.1, 5.0)      # reconnect delay, doubling (flannel's watch backoff)
 
@@ -253,57 +252,69 @@ class EtcdStore:
 
     # -- watch -------------------------------------------------------------------------
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    def watch(self, revision: int, sink: EventSink) -> Watch:
         """Events after `revision`; reconnects with backoff; re-lists after compaction."""
-        next_rev, delay, stream = revision + 1, BACKOFF[0], None
-        quiet_since = time.monotonic()
-        try:
-            while not stop.is_set():
-                if stream is None:
-                    stream = WatchStream(self.gateway, self._subnets, prefix_end(self._subnets), next_rev)
-                    quiet_since = time.monotonic()
-                try:
-                    kind, item = stream.queue.get(timeout=HEARTBEAT)
-                except queue.Empty:
-                    if time.monotonic() - quiet_since > PROBE_AFTER:
-                        quiet_since = time.monotonic()
-                        if not self.gateway.ping(timeout=HEARTBEAT):
-                            stream.close()   # its reader reports eof; we reconnect below
-                    yield []
-                    continue
-                quiet_since = time.monotonic()
-                result = item.get("result", {}) if kind == "msg" else {}
-                if kind == "eof" or "error" in item:
-                    log.info("etcd watch lost (%s); reconnecting in %.1fs", item, delay)
-                    stream.close()
-                    stream = None
-                    yield from _pause(delay, stop)
-                    delay = min(delay * 2, BACKOFF[1])
-                    continue
-                delay = BACKOFF[0]
-                if result.get("canceled") or int(result.get("compact_revision", 0)):
-                    stream.close()
-                    stream = None
-                    try:
-                        batch, next_rev = self._resync(result)
-                    except StoreError as exc:   # etcd went away while we re-list: try again
-                        log.info("etcd re-list failed: %s", exc)
-                        yield from _pause(delay, stop)
-                        delay = min(delay * 2, BACKOFF[1])
-                        continue
-                    yield batch
-                    continue
-                batch = []
-                for event in result.get("events", []):
-                    batch.extend(self._event(event))
-                    next_rev = max(next_rev, int(event["kv"].get("mod_revision", 0)) + 1)
-                if batch:
-                    yield batch
-        finally:
-            if stream is not None:
-                stream.close()
+        return Watch("etcd-watch", lambda watch: self._watch_loop(revision, watch), sink).start()
 
-    def _resync(self, result: dict) -> tuple[list[LeaseEvent], int]:
+    def _watch_loop(self, revision: int, watch: Watch) -> None:
+        """Supervise one stream at a time. The stream's reader thread turns messages into
+        events and delivers them itself; this loop reconnects, probes a quiet stream and
+        re-lists after a compaction."""
+        cursor = _Cursor(revision + 1)
+        current: list[WatchStream] = []
+
+        def close_current() -> None:
+            if current:
+                current[0].close()
+        watch.on_close(close_current)
+        delay = BACKOFF[0]
+        while not watch.closing.is_set():
+            cursor.resync = cursor.error = None
+            stream = WatchStream(self.gateway, self._subnets, prefix_end(self._subnets), cursor.next_rev,
+                                 lambda item: self._on_message(item, cursor, watch))
+            current[:] = [stream]
+            if watch.closing.is_set():
+                stream.close()
+            while not stream.ended.wait(PROBE_AFTER):
+                if time.monotonic() - stream.last_activity > PROBE_AFTER and \
+                        not self.gateway.ping(timeout=HEARTBEAT):
+                    cursor.error = {"error": "etcd did not answer a liveness probe"}
+                    stream.close()   # we reconnect below
+            stream.close()
+            if watch.closing.is_set():
+                return
+            if stream.messages:
+                delay = BACKOFF[0]
+            if cursor.resync is not None:
+                try:
+                    batch, cursor.next_rev = self._resync(cursor.resync)
+                except StoreError as exc:   # etcd went away while we re-list: try again
+                    log.info("etcd re-list failed: %s", exc)
+                else:
+                    watch.deliver(batch)
+                    continue
+            else:
+                log.info("etcd watch lost (%s); reconnecting in %.1fs", cursor.error or stream.error, delay)
+            watch.closing.wait(delay)
+            delay = min(delay * 2, BACKOFF[1])
+
+    def _on_message(self, item: dict, cursor: _Cursor, watch: Watch) -> bool:
+        """One gateway message, on the stream's reader thread; False ends the stream."""
+        if "error" in item:
+            cursor.error = item
+            return False
+        result = item.get("result", {})
+        if result.get("canceled") or int(result.get("compact_revision", 0)):
+            cursor.resync = result
+            return False
+        batch: builtins.list[LeaseEvent] = []
+        for event in result.get("events", []):
+            batch.extend(self._event(event))
+            cursor.next_rev = max(cursor.next_rev, int(event["kv"].get("mod_revision", 0)) + 1)
+        watch.deliver(batch)
+        return True
+
+    def _resync(self, result: dict) -> tuple[builtins.list[LeaseEvent], int]:
         """History is gone (compaction): list again and report the difference."""
         log.info("etcd watch canceled (compacted at %s, %s); listing again",
                  result.get("compact_revision"), result.get("cancel_reason", ""))
@@ -315,7 +326,7 @@ class EtcdStore:
                   if lease.key not in old or old[lease.key].attrs != lease.attrs]
         return batch + snap.rejected, snap.revision
 
-    def _event(self, event: dict) -> list[LeaseEvent]:
+    def _event(self, event: dict) -> builtins.list[LeaseEvent]:
         entry = self._entry(event["kv"])
         with self._lock:
             if event.get("type") == "DELETE":
@@ -341,20 +352,18 @@ class EtcdStore:
             except StoreError as exc:
                 log.debug("lease TTL of %s: %s", entry.key, exc)
         lease = self._with_expiry(entry).lease
+        assert lease is not None   # entry.lease is set, and _with_expiry keeps it
         with self._lock:
             self._cache[entry.key] = lease
             self._rejected.discard(entry.key)
         return [LeaseEvent.added(lease)]
 
 
-def _pause(seconds: float, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
-    """Sleep for the backoff, yielding heartbeats so the caller can still stop us."""
-    deadline = time.monotonic() + seconds
-    while not stop.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        if stop.wait(min(left, HEARTBEAT)):
-            return
-        if deadline - time.monotonic() > 0:
-            yield []
+
+@dataclass
+class _Cursor:
+    """Where a watch is: the next revision to ask for, and why its last stream ended."""
+
+    next_rev: int
+    resync: dict | None = None   # a canceled/compacted result: list again
+    error: dict | None = None    # an error message from the gateway

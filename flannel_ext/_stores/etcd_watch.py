@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-import queue
 import threading
+import time
 import urllib.parse
+from collections.abc import Callable
 
 import requests
 from etcd3gw.client import Etcd3Client
@@ -44,7 +45,7 @@ def parse_endpoints(url: str, *, tls: bool = False) -> list[tuple[str, str, int]
     default = "https" if tls else "http"
     if text.startswith("etcd://"):
         text = text[len("etcd://"):]
-    endpoints = []
+    endpoints: list[tuple[str, str, int]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         if "://" not in item:
             item = f"{endpoints[0][0] if endpoints else default}://{item}"
@@ -179,24 +180,29 @@ def _detail(exc: BaseException) -> str:
 
 
 class WatchStream:
-    """One `/v3/watch` HTTP stream; a daemon thread parses it into `queue`.
+    """One `/v3/watch` HTTP stream, read by a daemon thread that hands each gateway
+    message to `on_message` (which returns False to end the stream).
 
-    Items are ("msg", dict) for each gateway message and finally ("eof", exception|None).
-    `close()` shuts the socket down, which unblocks the reader at once.
+    `ended` is set when the stream is over (closed, end of stream, an error, or
+    `on_message` said so); `error` holds the exception, if any. `close()` shuts the socket
+    down, which unblocks the reader at once.
     """
 
-    def __init__(self, gateway: Gateway, key: bytes, range_end: bytes, start_revision: int):
-        self.queue: queue.Queue = queue.Queue()
-        self._gateway = gateway
+    def __init__(self, gateway: Gateway, key: bytes, range_end: bytes, start_revision: int,
+                 on_message: Callable[[dict], bool]):
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+        self.messages = 0
+        self.last_activity = time.monotonic()
+        self._gateway, self._on_message = gateway, on_message
         self._request = {"create_request": {"key": b64(key), "range_end": b64(range_end),
                                             "start_revision": start_revision}}
         self._resp: requests.Response | None = None
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="etcd-watch-stream", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        error = None
         try:
             self._resp = self._gateway.open_stream("/watch", self._request)
             if self._closed.is_set():   # closed while we were connecting
@@ -206,14 +212,17 @@ class WatchStream:
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        self.queue.put(("msg", json.loads(line)))
-        except Exception as exc:  # noqa: BLE001 - any failure ends this stream; the loop reconnects
-            error = exc
+                    if line.strip() and not self._closed.is_set():
+                        self.messages += 1
+                        self.last_activity = time.monotonic()
+                        if not self._on_message(json.loads(line)):
+                            return
+        except Exception as exc:  # noqa: BLE001 - any failure ends this stream; the watch reconnects
+            self.error = exc
         finally:
             if self._resp is not None:
                 self._resp.close()
-            self.queue.put(("eof", error))
+            self.ended.set()
 
     def close(self) -> None:
         self._closed.set()
@@ -223,3 +232,4 @@ class WatchStream:
                 resp.raw.shutdown()   # urllib3 >= 2.3: interrupts a blocked read
             except Exception:  # noqa: BLE001 - already closed
                 pass
+        self.ended.set()

@@ -5,8 +5,8 @@ its attributes live in the node's `<prefix>*` annotations. acquire() writes them
 strategic-merge PATCH to `nodes/<n>/status` (all flannel's RBAC grants), then marks the
 node's NetworkUnavailable condition False. There is no TTL: renew and release do nothing.
 
-Watching is list + watch on nodes with a background thread feeding a queue, so the
-generator can yield heartbeats and return as soon as `stop` is set. It re-lists and diffs
+Watching is list + watch on nodes on the watch's own thread, which delivers each batch
+to the caller's sink; closing the watch stops its HTTP stream at once. It re-lists and diffs
 on 410 Gone, on errors (with backoff) and every `resync` seconds, which flannel's
 informer does not do (flannel-io/flannel#2554: deletions missed while down).
 Deviations from flannel, all deliberate:
@@ -19,23 +19,23 @@ Deviations from flannel, all deliberate:
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import urllib3
 from kubernetes import client, config as kube_config, watch as kube_watch
 
 from flannel_ext._util.errors import ConfigError, StoreError
-from flannel_ext._stores.base import AcquireRequest, DEFAULT_TTL, Snapshot
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.kube_annotations import (DEFAULT_PREFIX, AnnotationNames, NodeTracker, annotation_patch,
                                network_available_patch, pod_cidrs)
-from flannel_ext._stores.lease import Lease, LeaseEvent
+from flannel_ext._stores.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,6 @@ def resolve_node_name(v1: client.CoreV1Api, node_name: str | None, env: Mapping[
     return name
 
 
-class _Handle:
-    """One running watch: the flag that ends it and its current HTTP stream."""
-
-    def __init__(self):
-        self.halt = threading.Event()
-        self.stream: kube_watch.Watch | None = None
-
-
 class KubeStore:
     """LeaseStore on Kubernetes Node objects, as flannel's `--kube-subnet-mgr`."""
 
@@ -117,7 +109,8 @@ class KubeStore:
         self._v1 = client.CoreV1Api(api)
         self._closed = threading.Event()
         self._last_list: tuple[int, NodeTracker] | None = None
-        self._watches: set[_Handle] = set()
+        self._watches: set[Watch] = set()
+        self._streams: dict[Watch, kube_watch.Watch] = {}
 
     @classmethod
     def from_options(cls, kubeconfig: str | None = None, api_url: str | None = None,
@@ -180,47 +173,33 @@ class KubeStore:
         return Snapshot(leases=[e.lease for e in events if e.lease is not None], revision=revision,
                         rejected=[e for e in events if e.lease is None])
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[list[LeaseEvent]]:
+    def watch(self, revision: int, sink: EventSink) -> Watch:
         # Continue from the matching list(); otherwise start blank, so a resync or DELETED
         # still produces correct (if repeated) events.
         last = self._last_list
         tracker = copy.deepcopy(last[1]) if last and last[0] == revision else self._tracker()
-        out: queue.Queue = queue.Queue()
-        handle = _Handle()
-        done = lambda: handle.halt.is_set() or stop.is_set() or self._closed.is_set()  # noqa: E731
-        self._watches.add(handle)
-        pump = threading.Thread(target=self._pump, args=(tracker, revision, out, done, handle),
-                                name=f"kube-watch-{self.node_name}", daemon=True)
-        pump.start()
-        try:
-            while not done():
-                try:
-                    batch = out.get(timeout=self.heartbeat)
-                except queue.Empty:
-                    batch = []
-                yield batch
-        finally:
-            self._halt(handle)
-            pump.join(timeout=self.heartbeat)
+        watch = Watch(f"kube-watch-{self.node_name}", lambda w: self._pump(tracker, revision, w), sink)
+        self._watches.add(watch)
+        watch.on_close(lambda: self._halt(watch))
+        return watch.start()
 
     def close(self) -> None:
         self._closed.set()
-        for handle in list(self._watches):
-            self._halt(handle)
+        for watch in list(self._watches):
+            watch.close()
         self._api.close()
 
     # -- internals ---------------------------------------------------------------------
     def _tracker(self) -> NodeTracker:
         return NodeTracker(self.names, self.enable_ipv4, self.enable_ipv6)
 
-    def _halt(self, handle: _Handle) -> None:
-        handle.halt.set()
-        self._watches.discard(handle)
-        stream = handle.stream
+    def _halt(self, watch: Watch) -> None:
+        self._watches.discard(watch)
+        stream = self._streams.get(watch)
         if stream is not None:
             stream.stop()   # shuts the socket down, so a blocked read returns now
 
-    def _list_nodes(self) -> tuple[list[dict], int]:
+    def _list_nodes(self) -> tuple[builtins.list[dict], int]:
         try:
             resp = self._v1.list_node(_preload_content=False, _request_timeout=self.request_timeout)
             body = json.loads(resp.data)
@@ -280,19 +259,18 @@ class KubeStore:
                 raise StoreError(f"failed to {what} node {self.node_name!r}: {error}")
             log.warning("kube store: %s node %s failed (retrying): %s", what, self.node_name, error)
 
-    def _pump(self, tracker: NodeTracker, revision: int, out: queue.Queue, done: Callable[[], bool],
-              handle: _Handle) -> None:
-        """The watch thread: list/watch/diff into `out` until `done()`."""
+    def _pump(self, tracker: NodeTracker, revision: int, watch: Watch) -> None:
+        """The watch thread: list/watch/diff into the sink until the watch is closed."""
+        done = lambda: watch.closing.is_set() or self._closed.is_set()  # noqa: E731
         rv, relist, delay = revision, False, 0.0
         next_resync = time.monotonic() + self.resync
         while not done():
             try:
                 if relist or time.monotonic() >= next_resync:
                     nodes, rv = self._list_nodes()
-                    if (events := tracker.diff(nodes)):
-                        out.put(events)
+                    watch.deliver(tracker.diff(nodes))
                     relist, next_resync = False, time.monotonic() + self.resync
-                rv = self._watch_once(tracker, rv, out, done, handle, next_resync)
+                rv = self._watch_once(tracker, rv, watch, done, next_resync)
                 delay = 0.0
             except client.ApiException as exc:
                 relist = True
@@ -304,16 +282,16 @@ class KubeStore:
                 if not done():
                     log.warning("kube store: watching nodes failed: %s", exc)
             if delay and not done():
-                self._closed.wait(delay)
+                watch.closing.wait(delay)
 
     def _backoff(self, delay: float) -> float:
         return min(max(delay * 2, 0.1), self.backoff_max)
 
-    def _watch_once(self, tracker: NodeTracker, rv: int, out: queue.Queue, done: Callable[[], bool],
-                    handle: _Handle, next_resync: float) -> int:
+    def _watch_once(self, tracker: NodeTracker, rv: int, watch: Watch, done: Callable[[], bool],
+                    next_resync: float) -> int:
         """One server-side-timed watch from `rv`; returns the last resourceVersion seen."""
         stream = kube_watch.Watch()
-        handle.stream = stream
+        self._streams[watch] = stream
         try:
             if done():
                 return rv
@@ -330,11 +308,9 @@ class KubeStore:
                     events = tracker.delete(obj)
                 else:
                     events = []   # BOOKMARK: only the resourceVersion matters
-                if events:
-                    out.put(events)
+                watch.deliver(events)
                 if time.monotonic() >= next_resync:
                     break
         finally:
-            handle.stream = None
+            self._streams.pop(watch, None)
         return rv
-

@@ -77,6 +77,16 @@ class HookTimeout(HookError):
         super().__init__(f"{hook} timed out after {timeout:g}s", hook=hook, subnet=subnet)
 
 
+class HookStillRunning(HookTimeout):
+    """A Python hook's previous call overran its timeout and has not returned yet: this call
+    waited for it (one call at a time) until its own timeout, and did not start."""
+
+    def __init__(self, hook: str, timeout: float, *, running: str, running_for: float, subnet: str = ""):
+        super().__init__(hook, timeout, subnet=subnet)
+        self.args = (f"{hook} not started: waited {timeout:g}s for the previous call ({running}, "
+                     f"running for {running_for:.0f}s) to return; hooks get one call at a time",)
+
+
 class TemporaryError(HookError):
     """Raised by a hook: retry this call after `delay` seconds (or the runtime's backoff)."""
 

@@ -43,7 +43,7 @@ class RecordingHook(Hook):
 def make(hook):
     ctx = HookContext(network=None, options={}, log=logging.getLogger("t"), state_dir=".")
     stats = NodeStats()
-    dispatcher = Dispatcher(HookCaller(hook, ctx, stats, timeout=10), stats, backoff=Backoff(initial=0.01))
+    dispatcher = Dispatcher(HookCaller(hook, ctx, stats, default_timeout=10), stats, backoff=Backoff(initial=0.01))
     dispatcher.start()
     return dispatcher
 
@@ -86,5 +86,58 @@ def test_permanent_failure_of_current_data_gives_up():
         wait_for(lambda: hook.calls == [("add", "")])
         wait_for(lambda: d.idle())
         assert hook.calls == [("add", "")] and d.programmed() == {}
+    finally:
+        d.stop()
+
+
+class FailingRemove(RecordingHook):
+    """Every remove fails (the route it would delete is already gone)."""
+
+    def subnet_remove(self, lease, ctx):
+        self.calls.append(("remove", lease.backend_data))
+        raise RuntimeError("RTNETLINK answers: No such process")
+
+
+def test_a_remove_that_gives_up_never_strands_the_add_of_newer_data():
+    hook = FailingRemove()
+    stats = NodeStats()
+    ctx = HookContext(network=None, options={}, log=logging.getLogger("t"), state_dir=".")
+    d = Dispatcher(HookCaller(hook, ctx, stats, default_timeout=10), stats,
+                   backoff=Backoff(initial=0.01, attempts=3))
+    d.start()
+    try:
+        d.set_desired("10.9.1.0-24", lease("aa"))
+        wait_for(lambda: d.programmed().get("10.9.1.0-24") is not None)
+        d.set_desired("10.9.1.0-24", lease("bb"))   # the lease was rewritten with new data
+        wait_for(lambda: ("add", "bb") in hook.calls)
+        wait_for(lambda: d.programmed()["10.9.1.0-24"].backend_data == "bb")
+        assert hook.calls == [("add", "aa")] + [("remove", "aa")] * 3 + [("add", "bb")]
+        assert stats.hook_giveups == {"SubnetRemoveCommand": 1}
+    finally:
+        d.stop()
+
+
+def test_an_error_in_the_dispatcher_thread_is_reported_and_retried():
+    """Writing the programmed state fails: /readyz must say so, and the write is retried."""
+    hook = RecordingHook()
+    stats = NodeStats(ready=True)
+    writes = []
+
+    def save(programmed):
+        writes.append(dict(programmed))
+        if len(writes) == 1:
+            raise OSError(28, "No space left on device")
+
+    ctx = HookContext(network=None, options={}, log=logging.getLogger("t"), state_dir=".")
+    d = Dispatcher(HookCaller(hook, ctx, stats, default_timeout=10), stats, on_programmed=save)
+    d.start()
+    try:
+        d.set_desired("10.9.1.0-24", lease("aa"))
+        wait_for(lambda: "dispatcher" in stats.problems)
+        assert not stats.is_ready() and "No space left on device" in stats.not_ready_reason()
+        wait_for(lambda: len(writes) >= 2 and "dispatcher" not in stats.problems, timeout=10)
+        assert "10.9.1.0-24" in writes[-1] and stats.is_ready()
+        d.set_desired("10.9.2.0-24", lease("bb", "10.9.2.0/24"))   # the thread is still alive
+        wait_for(lambda: ("add", "bb") in hook.calls)
     finally:
         d.stop()

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from flannel_ext._stores.base import AcquireRequest, LeaseStore  # noqa: E402
 from flannel_ext._stores.etcd import EtcdStore  # noqa: E402
 from flannel_ext._stores.etcd_watch import parse_endpoints  # noqa: E402
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs  # noqa: E402
+from flannel_ext.testing import EventCollector  # noqa: E402
 
 
 PREFIX = "/coreos.com/network"
@@ -47,36 +49,28 @@ def store(etcd_server):
 
 
 class Watcher:
-    """Runs store.watch in a thread and records every batch, heartbeats included."""
+    """store.watch into an EventCollector; `close()` checks the watch thread ends."""
 
     def __init__(self, store: EtcdStore, revision: int):
-        self.events, self.heartbeats = [], 0
-        self.stop, self.cond = threading.Event(), threading.Condition()
-        self.thread = threading.Thread(target=self._run, args=(store, revision), daemon=True)
-        self.thread.start()
+        self.collector = EventCollector()
+        self.watch = store.watch(revision, self.collector)
 
-    def _run(self, store, revision):
-        for batch in store.watch(revision, self.stop):
-            with self.cond:
-                self.events.extend(batch)
-                self.heartbeats += not batch
-                self.cond.notify_all()
+    @property
+    def events(self):
+        return self.collector.events
 
     def wait_for(self, pred, what=""):
-        with self.cond:
-            assert self.cond.wait_for(lambda: any(pred(e) for e in self.events), WAIT), \
-                f"never saw {what}; saw {self.events}"
-            return next(e for e in self.events if pred(e))
+        events = self.collector.wait_for(lambda evs: any(pred(e) for e in evs), WAIT)
+        return next(e for e in events if pred(e))
 
-    def wait_heartbeats(self, n):
-        with self.cond:
-            start = self.heartbeats
-            assert self.cond.wait_for(lambda: self.heartbeats >= start + n, WAIT)
+    def still_running(self, seconds):
+        """The watch keeps going (reconnecting) instead of failing or hanging up."""
+        time.sleep(seconds)
+        assert self.watch.alive() and not self.collector.failures
 
     def close(self):
-        self.stop.set()
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "watch did not return after stop"
+        self.watch.close(WAIT)
+        assert not self.watch.alive(), "watch did not end after close()"
 
 
 def is_event(kind, key):
@@ -201,7 +195,7 @@ def test_watch_survives_an_etcd_restart(etcd_server, store):
     watcher = Watcher(store, store.list().revision)
     try:
         etcd_server.stop()
-        watcher.wait_heartbeats(3)   # still yielding while etcd is down, never hanging
+        watcher.still_running(2)   # reconnecting while etcd is down, never failing
         etcd_server.start()
         lease = store_for(etcd_server).acquire(request(ip="192.168.1.7"))
         watcher.wait_for(is_event(EventType.ADDED, lease.key), "ADDED after restart")
@@ -213,7 +207,7 @@ def test_watch_returns_on_stop_while_etcd_is_down(etcd_server, store):
     revision = store.list().revision
     etcd_server.stop()
     watcher = Watcher(store, revision)
-    watcher.wait_heartbeats(2)
+    watcher.still_running(1)
     watcher.close()
     with pytest.raises(StoreError, match="unreachable"):
         store.list()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flannel_ext import Hook, HookContext, HookLoadError, RemoteLease
-from flannel_ext._config.netconf import NetConf
+from flannel_ext._config.netconf import parse_netconf
 from flannel_ext._hooks import loader
 from flannel_ext._hooks.loader import load_hook, load_hook_file_paths, load_python_hook
 
@@ -65,15 +65,16 @@ def test_file_form_is_relative_to_the_net_conf_directory(tmp_path):
 
 def test_load_hook_from_net_conf_and_the_watch_paths(tmp_path):
     path = write_hook(tmp_path, "class Mine(Hook):\n    pass\n")
-    conf = NetConf(source=str(tmp_path / "net-conf.json"),
-                   backend={"Type": "extension", "hook": "myhook.py:Mine", "Opt": "v"})
-    assert load_hook(conf).options["Opt"] == "v"
+    conf = parse_netconf(json.dumps({"Network": "10.5.0.0/16", "Backend": {
+        "Type": "extension", "hook": "myhook.py:Mine", "Opt": "v"}}), source=str(tmp_path / "net-conf.json"))
+    hook = load_hook(conf)
+    assert type(hook).__name__ == "Mine" and hook.options["Opt"] == "v"
     assert load_hook_file_paths(conf) == [path]
-    conf.backend["hook"] = "vxlan"
+    conf.hook = "vxlan"
     assert load_hook_file_paths(conf) == [REPO / "recipes" / "vxlan.py"]
-    conf.backend["hook"] = "flannel_ext.recipes.hostgw:HostGwHook"
+    conf.hook = "flannel_ext.recipes.hostgw:HostGwHook"
     assert load_hook_file_paths(conf) == [REPO / "recipes" / "hostgw.py"]
-    del conf.backend["hook"]
+    conf.hook = None
     assert load_hook_file_paths(conf) == []
 
 

@@ -50,16 +50,36 @@ def make_store(kube_api):
         store.close()
 
 
-def batches(gen, want: int, limit: int = 100) -> list:
-    """The next `want` non-empty batches (heartbeats skipped; bounded so a bug fails, not hangs)."""
-    got = []
-    for _ in range(limit):
-        batch = next(gen)
-        if batch:
-            got.append(batch)
-            if len(got) == want:
-                return got
-    raise AssertionError(f"only {len(got)} of {want} batches: {got}")
+class Batches:
+    """A running store.watch whose delivered batches a test takes in order."""
+
+    def __init__(self, store, revision):
+        self.got: list[list] = []
+        self.cond = threading.Condition()
+        self.watch = store.watch(revision, self)
+
+    def deliver(self, batch):
+        with self.cond:
+            self.got.append(batch)
+            self.cond.notify_all()
+
+    def failed(self, error):
+        with self.cond:
+            self.got.append(error)
+            self.cond.notify_all()
+
+    def close(self):
+        self.watch.close()
+
+
+def batches(gen: Batches, want: int, timeout: float = 20) -> list:
+    """The next `want` batches (bounded so a bug fails, not hangs)."""
+    with gen.cond:
+        if not gen.cond.wait_for(lambda: len(gen.got) >= want, timeout):
+            raise AssertionError(f"only {len(gen.got)} of {want} batches: {gen.got}")
+        got, gen.got[:want] = gen.got[:want], []
+    assert not any(isinstance(b, BaseException) for b in got), got
+    return got
 
 
 # -- acquire ---------------------------------------------------------------------------
@@ -163,8 +183,7 @@ def test_list_reads_flannel_nodes_and_rejects_bad_ones(kube_api, make_store):
 def test_watch_add_modify_delete(kube_api, make_store):
     store = make_store()
     snap = store.list()
-    stop = threading.Event()
-    gen = store.watch(snap.revision, stop)
+    gen = Batches(store, snap.revision)
 
     kube_api.add_node("vx", "10.244.2.0/24", flannel_vxlan("192.168.1.11"))
     kube_api.add_node("plain", "10.244.3.0/24")
@@ -183,8 +202,8 @@ def test_watch_add_modify_delete(kube_api, make_store):
     ((removed,),) = batches(gen, 1)
     assert removed.type is EventType.REMOVED and removed.lease == changed.lease
 
-    stop.set()
-    assert list(gen) == []   # returns at once when stop is set
+    gen.close()
+    assert not gen.watch.alive()   # ends at once when closed
 
 
 def test_bad_public_ip_is_rejected_and_others_unaffected(kube_api, make_store):
@@ -192,7 +211,7 @@ def test_bad_public_ip_is_rejected_and_others_unaffected(kube_api, make_store):
     kube_api.add_node("b", "10.244.3.0/24", flannel_vxlan("192.168.1.12"))
     store = make_store()
     snap = store.list()
-    gen = store.watch(snap.revision, threading.Event())
+    gen = Batches(store, snap.revision)
 
     kube_api.update_node("a", {"metadata": {"annotations": {P + "public-ip": "300.1.1.1"}}})
     kube_api.update_node("b", {"metadata": {"annotations": {P + "public-ip": "192.168.1.22"}}})
@@ -212,7 +231,7 @@ def test_watch_relists_after_410_gone_and_diffs(kube_api, make_store):
     kube_api.update_node("b", {"metadata": {"annotations": {P + "public-ip": "192.168.1.22"}}})
     kube_api.compact()   # the history after snap.revision is gone: the watch gets 410
 
-    gen = store.watch(snap.revision, threading.Event())
+    gen = Batches(store, snap.revision)
     (diff,) = batches(gen, 1)
     assert sorted((e.type.value, e.key) for e in diff) == [("added", "10.244.3.0-24"),
                                                            ("removed", "10.244.2.0-24")]
@@ -229,7 +248,7 @@ def test_dual_stack_update_of_either_tuple_is_added(kube_api, make_store):
     store = make_store(enable_ipv6=True)
     snap = store.list()
     assert [lease.key for lease in snap.leases] == ["10.244.2.0-24&fd10:0:0:2::-64"]
-    gen = store.watch(snap.revision, threading.Event())
+    gen = Batches(store, snap.revision)
 
     kube_api.update_node("ds", {"metadata": {"annotations": {P + "public-ipv6": "fd00::12"}}})
     ((added,),) = batches(gen, 1)   # flannel only fires when both tuples changed
