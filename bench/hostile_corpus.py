@@ -302,26 +302,27 @@ def drive(store: Any, write: Callable[[Entry], None], entries: list[Entry], work
 
 
 def _batches(store: Any, revision: int, stop: threading.Event, deadline: float) -> Iterator[list]:
-    """The store's watch, read on a thread so a watch that hangs still ends at `deadline`."""
+    """The store's watch batches until `deadline` (a watch that hangs still ends then)."""
     out: queue.Queue = queue.Queue()
 
-    def pump() -> None:
-        try:
-            for batch in store.watch(revision, stop):
-                out.put(batch)
-                if stop.is_set():
-                    return
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
-            out.put(exc)
-    threading.Thread(target=pump, name="corpus-watch", daemon=True).start()
-    while time.monotonic() < deadline:
-        try:
-            item = out.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if isinstance(item, Exception):
-            raise item
-        yield item
+    class _Sink:
+        def deliver(self, batch: list) -> None:
+            out.put(batch)
+
+        def failed(self, error: BaseException) -> None:
+            out.put(error)
+    watch = store.watch(revision, _Sink())
+    try:
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                item = out.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        watch.close()
 
 
 # --- the three stores ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from flannel_ext._config import paths
 from flannel_ext._util.errors import StoreError
 from flannel_ext._stores import open_store
-from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
+from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, EventSink, Snapshot, Watch
 from flannel_ext._stores.lease import Lease, LeaseEvent
 from flannel_ext._stores.sqlite import _parse
 
@@ -90,8 +90,8 @@ class ReadOnlyStore:
     def network_config(self) -> str | None:
         return self.store.network_config()
 
-    def watch(self, revision: int, stop: threading.Event) -> Iterator[builtins.list[LeaseEvent]]:
-        return self.store.watch(revision, stop)
+    def watch(self, revision: int, sink: EventSink) -> Watch:
+        return self.store.watch(revision, sink)
 
     def close(self) -> None:
         self.store.close()

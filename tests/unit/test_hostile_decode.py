@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-import threading
 import time
 
 import pytest
+
+from flannel_ext.testing import EventCollector
 
 from flannel_ext._stores.kube_annotations import AnnotationNames, NodeTracker
 from flannel_ext._stores.lease import (EventType, LeaseAttrs, MAX_VALUE_BYTES, display_key, parse_entry,
@@ -183,16 +184,12 @@ def test_sqlite_watch_rejects_then_delivers_and_expires_odd_keys(tmp_path):
     db = tmp_path / "leases.db"
     clock = [1000.0]
     store = SqliteStore(db, ttl_clock=lambda: clock[0])
-    stop = threading.Event()
-    seen: list = []
+    collector = EventCollector()
+    seen = collector.events
+    watch = None
     try:
         rev = store.list().revision
-
-        def watch():
-            for batch in store.watch(rev, stop):
-                seen.extend(batch)
-        thread = threading.Thread(target=watch, daemon=True)
-        thread.start()
+        watch = store.watch(rev, collector)
         _raw_insert(db, b"\xff10.1.2.0-24", GOOD, expiration=1001.0, cast_key=True)
         _raw_insert(db, "10.1.7.0-24", GOOD)
         deadline = time.monotonic() + 10
@@ -208,7 +205,8 @@ def test_sqlite_watch_rejects_then_delivers_and_expires_odd_keys(tmp_path):
         assert conn.execute("SELECT count(*) FROM leases WHERE typeof(key) = 'text'").fetchone()[0] == 2
         conn.close()
     finally:
-        stop.set()
+        if watch is not None:
+            watch.close()
         store.close()
 
 
