@@ -64,7 +64,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._reply(200, b"flanneld is running")
         elif path == "/readyz":
-            if self.server.stats.ready:
+            error = self.server.stats.state_write_error
+            if self.server.stats.ready and error:   # programming goes on, crash safety does not
+                self._reply(503, f"flanneld is not ready: {error}".encode())
+            elif self.server.stats.ready:
                 self._reply(200, b"flanneld is ready")
             else:
                 self._reply(503, b"flanneld is not ready")

@@ -21,10 +21,12 @@ from flannel_ext._config.netconf import NetConf
 from flannel_ext._hooks.base import Hook, HookContext
 from flannel_ext._stores.base import AcquireRequest, LeaseStore
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel_ext._runtime import state, subnetenv
+from flannel_ext._runtime import subnetenv
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.dispatch import Backoff, Dispatcher
 from flannel_ext._runtime.iface import ExternalInterface
+from flannel_ext._runtime.state import StateJournal
+from flannel_ext._runtime.statedir import KernelIdentity, StateDirLock
 from flannel_ext._runtime.stats import NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
@@ -73,12 +75,15 @@ class NodeRuntime:
             public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
             dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
+        network = " ".join(str(n) for n in (config.network, config.ipv6_network) if n)
+        self.journal = StateJournal(options.state_dir, KernelIdentity.current(network), stats=self.stats,
+                                    enabled=not options.dry_run)
         self.dispatcher = Dispatcher(self.caller, self.stats, backoff=options.backoff,
-                                     on_programmed=self._save_programmed)
+                                     on_programmed=self._save_programmed, journal=self.journal)
 
     @property
     def state_file(self) -> str:
-        return os.path.join(self.options.state_dir, "programmed.json")
+        return self.journal.snapshot_path
 
     def _make_caller(self, hook: Hook) -> HookCaller:
         if hasattr(hook, "timeout"):
@@ -126,6 +131,7 @@ class NodeRuntime:
 
     def _set_lease(self, lease: Lease) -> None:
         self.lease = lease
+        self.journal.own = lease.key
         self.ctx.subnet, self.ctx.ipv6_subnet = lease.subnet, lease.ipv6_subnet
         self.stats.subnet = str(lease.subnet or "")
 
@@ -247,9 +253,7 @@ class NodeRuntime:
 
     # --- the main loop -----------------------------------------------------------
     def _save_programmed(self, programmed) -> None:
-        if self.options.dry_run:
-            return
-        state.save(self.state_file, programmed, own=self.lease.key if self.lease else "")
+        self.journal.checkpoint()  # the journal is written around each call; this compacts it
 
     def _write_stats(self) -> None:
         if self.options.dry_run:
@@ -259,7 +263,12 @@ class NodeRuntime:
         snap.update(node=self.options.node_name, public_ip=self.public_ip, pid=os.getpid())
         text = json.dumps(snap, sort_keys=True)
         if text != self._stats_written:
-            write_atomic(os.path.join(self.options.state_dir, "stats.json"), text + "\n")
+            path = os.path.join(self.options.state_dir, "stats.json")
+            try:
+                write_atomic(path, text + "\n")
+            except OSError:
+                if not _overwrite_in_place(path, text + "\n"):
+                    return  # the state dir is unwritable: the journal reports that
             self._stats_written = text
 
     def _watch(self, revision: int, stop: threading.Event) -> None:
@@ -280,12 +289,22 @@ class NodeRuntime:
         return 0
 
     def run(self, stop: threading.Event) -> int:
+        """Run until `stop`; the state dir is locked for the whole run (one daemon per dir)."""
+        lock = None if self.options.dry_run else StateDirLock(self.options.state_dir).acquire()
+        try:
+            return self._run(stop)
+        finally:
+            self.journal.close()
+            if lock is not None:
+                lock.release()
+
+    def _run(self, stop: threading.Event) -> int:
         self.start_dataplane()
         for callback in self.on_ready:
             callback(self)
         self.stats.ready = True
         snapshot = self.store.list()
-        self.dispatcher.load_programmed(state.load(self.state_file))
+        self.dispatcher.load_programmed(self.journal.recover())
         for event in snapshot.rejected:
             self._handle(event)
         for lease in snapshot.leases:
@@ -312,6 +331,7 @@ class NodeRuntime:
                 if self._reload_requested.is_set():
                     self._reload()
                 self._renew_if_due()
+                self.journal.maintain()
                 if time.monotonic() - last_stats > 0.5:
                     self._write_stats()
                     last_stats = time.monotonic()
@@ -330,3 +350,21 @@ class NodeRuntime:
             watcher.join(2.0)
         log.info("Exiting cleanly...")
         return 0
+
+
+def _overwrite_in_place(path: str, text: str) -> bool:
+    """Rewrite a small file in its own blocks: works on a full disk, where a temp file cannot
+    be created, so `lab status` still sees the error. False if that failed too."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

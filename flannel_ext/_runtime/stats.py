@@ -37,6 +37,7 @@ class NodeStats:
     last_reconcile: float | None = None                         # UNIX time
     ready: bool = False                                         # subnet.env written
     subnet: str = ""
+    state_write_error: str = ""                                 # why the state dir cannot be written
     _monitors: list = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -77,4 +78,5 @@ class NodeStats:
                 "rejected": dict(self.rejected), "leases_known": self.leases_known,
                 "retries_pending": self.retries_pending, "last_reconcile": self.last_reconcile,
                 "ready": self.ready, "subnet": self.subnet,
+                "state_write_error": self.state_write_error,
             }
