@@ -12,6 +12,7 @@ writes `<db>-wal`; our writers also touch `<db>-notify` after COMMIT), confirmed
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -28,11 +29,15 @@ from flannel_ext._stores.allocate import ipv6_subnet_range, out_of_subnets, plan
 from flannel_ext._stores.base import DEFAULT_TTL, AcquireRequest, Snapshot
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, parse_subnet_key
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PATH = "/var/lib/flannel-ext/leases.db"
 HISTORY = 10000
 HEARTBEAT = 1.0   # a watch yields at least this often, so the caller can check `stop`
 SETTLE = 0.02     # re-check this soon after a wakeup that showed no commit yet
-BUSY_TIMEOUT = 30.0
+BUSY_TIMEOUT = 30.0   # SQLite's busy timeout, and how long a writer waits for the writer lock
+LOCK_POLL = 0.1       # fallback re-check of the writer lock when inotify is not available
+IN_CLOSE = 0x00000008 | 0x00000010   # IN_CLOSE_WRITE | IN_CLOSE_NOWRITE: a holder let go
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, value TEXT NOT NULL,
@@ -42,7 +47,11 @@ CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TE
     type TEXT NOT NULL CHECK (type IN ('put', 'delete', 'expire')), value TEXT, expiration REAL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-_SOMEONE = LeaseAttrs(public_ip="")  # stands for "another node's" in _acquire_view
+_SOMEONE = LeaseAttrs(public_ip="")
+
+
+class WriterLockTimeout(StoreError):
+    """The writer lock stayed taken past the timeout (its holder stopped or hung); retry later."""  # stands for "another node's" in _acquire_view
 
 
 @lru_cache(maxsize=1 << 17)
@@ -69,8 +78,10 @@ class SqliteStore:
     """The LeaseStore protocol over one SQLite file. See the module docstring."""
 
     def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *,
-                 ttl_clock: Callable[[], float] = time.time, history: int = HISTORY):
+                 ttl_clock: Callable[[], float] = time.time, history: int = HISTORY,
+                 lock_timeout: float = BUSY_TIMEOUT):
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
         self.clock = ttl_clock
         self.history = history
         self._notify_path = Path(f"{self.path}-notify")
@@ -100,10 +111,13 @@ class SqliteStore:
             raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+        conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal" and conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('leases', 'events', 'meta')").fetchone()[0] == 3:
+            return conn  # set up already: opening needs no writer lock (a stopped writer may hold it)
         with self._writer_turn():
             # Switching to WAL needs the file alone; the flock queues our own openers.
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -121,10 +135,45 @@ class SqliteStore:
         Read-only fd: closing it sends no inotify event to the watchers."""
         fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock(fd)
             yield
         finally:
             os.close(fd)  # releases the flock
+
+    def _flock(self, fd: int) -> None:
+        """flock with a timeout: a writer SIGSTOPped while holding the lock must not hang
+        every other node for ever (a blocking flock has no timeout). Waiters sleep on
+        inotify IN_CLOSE of the lock file, so a release still wakes them at once."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.lock_timeout
+        notifier = None
+        with suppress(OSError):  # out of inotify instances: poll instead
+            notifier = inotify.Inotify()
+            notifier.add_watch(self._lock_path, IN_CLOSE)
+        try:
+            while True:
+                try:  # (again after add_watch: a release before it is not missed)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WriterLockTimeout(
+                        f"sqlite store {self.path}: the writer lock {self._lock_path} stayed taken for "
+                        f"{self.lock_timeout:g}s (is a process holding it stopped or hung? `fuser "
+                        f"{self._lock_path}` shows it); will retry")
+                if notifier is not None:
+                    notifier.wait(min(left, 1.0))
+                else:
+                    time.sleep(min(left, LOCK_POLL))
+        finally:
+            if notifier is not None:
+                notifier.close()
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -268,7 +317,10 @@ class SqliteStore:
     def list(self) -> Snapshot:
         conn = self._conn
         with self._lock:
-            self._sweep(conn)
+            try:
+                self._sweep(conn)
+            except WriterLockTimeout:
+                pass  # expired rows are invisible anyway; the next list or watch sweeps them
             with self._read(conn):
                 leases, rejected = self._rows(conn)
                 revision = self._heads(conn)[0]
@@ -333,7 +385,11 @@ class _Watcher:
         while not stop.is_set():
             batch: list[LeaseEvent] = []
             if check:
-                swept = store._sweep(conn)
+                try:
+                    swept = store._sweep(conn)
+                except WriterLockTimeout as exc:  # keep watching; sweep when the lock is back
+                    log.warning("%s", exc)
+                    swept = False
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if swept or version != last_version or self.known is None:
                     last_version = version
