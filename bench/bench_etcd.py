@@ -222,7 +222,7 @@ def main() -> int:
     for name, vals in rows:
         print(f"| {name} | {pct(vals, 50):.2f} | {pct(vals, 99):.2f} | {max(vals):.2f} | "
               f"{pct(vals, 50) / pct(bare, 50):.2f}x | {pct(vals, 99) / pct(bare, 99):.2f}x |")
-    print("\n| initial sync, {} leases | median ms | min ms | vs etcd3gw get_prefix |".format(args.leases))
+    print(f"\n| initial sync, {args.leases} leases | median ms | min ms | vs etcd3gw get_prefix |")
     print("|---|---|---|---|")
     for name, vals in (("list() + watch (default)", sync_plain),
                        ("list() + watch, resolve_ttl=True", sync_ttl),

@@ -7,7 +7,7 @@ start, namespaces, daemons, leases, CNI pods, routes, the all-pairs matrix). The
 figure starts at the write of net-conf.json (host-gw.json → vxlan.json, or --reload-to)
 and stops when every
 node routes every other subnet through its vxlan device, then when the matrix passes.
-Issue 4's targets: 3 nodes ≤ 5 s, 10 nodes ≤ 15 s, reload ≤ 2 s for 3 nodes.
+Targets: 3 nodes ≤ 5 s, 10 nodes ≤ 15 s, reload ≤ 2 s for 3 nodes.
 """
 from __future__ import annotations
 

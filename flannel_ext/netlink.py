@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
 
@@ -82,7 +82,7 @@ class Batch:
         self._sock: socket.socket | None = None
         self._seq = 0                  # per socket, so unique within this Batch
 
-    def __enter__(self) -> "Batch":
+    def __enter__(self) -> Batch:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -72,7 +72,7 @@ class NodeDaemon:
                 "--subnet-file", str(self.subnet_file), "--state-dir", str(self.state_dir),
                 "--node-name", self.ns, "--hook-backoff", "0.2", *self.extra]
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> "NodeDaemon":
+    def start(self, wait: bool = True, timeout: float = 20.0) -> NodeDaemon:
         env = {**os.environ, **(self.env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,

@@ -13,7 +13,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from flannel_ext import Hook, HookContext, RemoteLease
 

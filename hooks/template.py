@@ -15,7 +15,7 @@ give up on this call; any other exception is retried with backoff.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from flannel_ext import Hook, HookContext, PermanentError, RemoteLease
 

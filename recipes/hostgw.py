@@ -11,7 +11,7 @@ Net-conf::
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 

@@ -1,8 +1,22 @@
 import os
+import shutil
 
 import pytest
 
 pytest_plugins = ["flannel_ext.testing"]
+
+# What the suite runs for real. A missing one is a broken set-up (`.ci/install` installs them all),
+# so the run stops at once with the fix instead of skipping the tests that would have caught a bug.
+REQUIRED_TOOLS = {
+    "etcd": "etcd-server", "etcdctl": "etcd-client", "shellcheck": "shellcheck", "make": "make",
+    "ip": "iproute2", "bridge": "iproute2", "nft": "nftables",
+}
+
+
+def pytest_sessionstart(session):
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        pytest.exit(f"missing Debian packages: {' '.join(missing)} (run: sudo bash .ci/install)", returncode=4)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,1 +1,1 @@
-"""User-facing tools built on the runtime: CLI, CNI plugin, lab, manifests, lint."""
+"""The subcommands of `flannel-ext`, one module each, named after the command."""

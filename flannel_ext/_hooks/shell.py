@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from flannel_ext._util.errors import BatchError, CommandError, HookTimeout
 from flannel_ext._config.netconf import NetConf
@@ -56,7 +56,7 @@ class ShellHook(Hook):
         self.tracer: Callable[[str, str, ProcessResult], None] | None = None
 
     @classmethod
-    def from_config(cls, config: NetConf, **kwargs) -> "ShellHook":
+    def from_config(cls, config: NetConf, **kwargs) -> ShellHook:
         commands = {method: config.backend_option(name) or "" for method, name in COMMAND_NAMES.items()}
         return cls(commands, dict(config.backend), **kwargs)
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flannel_ext._util.netns import sh
 from flannel_ext._lab import check, daemons, pods, topology

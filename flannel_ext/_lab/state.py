@@ -124,7 +124,7 @@ class Lab:
         write_atomic(os.path.join(self.dir, "lab.json"), json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, name: str) -> "Lab":
+    def load(cls, name: str) -> Lab:
         path = os.path.join(lab_dir(name), "lab.json")
         try:
             with open(path, encoding="utf-8") as f:

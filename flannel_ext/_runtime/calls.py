@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from flannel_ext._util.errors import BatchError, HookTimeout
 from flannel_ext._hooks.base import COMMAND_NAMES, Hook, HookContext, RemoteLease

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from flannel_ext._util.errors import TemporaryError
 from flannel_ext._hooks.base import RemoteLease

@@ -57,7 +57,7 @@ class StatsCollector:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
@@ -113,7 +113,7 @@ class HealthServer:
         """The bound port (the real one once started with port 0)."""
         return self._server.server_address[1] if self._server else self._port
 
-    def start(self) -> "HealthServer":
+    def start(self) -> HealthServer:
         if self._server:
             return self
         try:
@@ -135,7 +135,7 @@ class HealthServer:
         self._thread.join(timeout=5)
         self._server = self._thread = None
 
-    def __enter__(self) -> "HealthServer":
+    def __enter__(self) -> HealthServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
 from flannel_ext._util.files import write_atomic
@@ -62,7 +62,7 @@ class NodeRuntime:
         self.public_ip, self.options = public_ip, options
         self.stats = stats or NodeStats()
         self.lease: Lease | None = None
-        self.on_ready: list[Callable[["NodeRuntime"], None]] = []
+        self.on_ready: list[Callable[[NodeRuntime], None]] = []
         self.reload_source: Callable[[], tuple[NetConf, Hook] | None] | None = None
         self._reload_requested = threading.Event()
         self._renew_retry_at = 0.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+from collections.abc import Iterator
 
 from flannel_ext._config.netconf import NetConf
 from flannel_ext._stores.lease import IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent

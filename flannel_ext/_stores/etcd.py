@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
 from flannel_ext._stores.allocate import out_of_subnets, plan_acquire
@@ -67,7 +67,7 @@ class EtcdStore:
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, keyfile: str | None = None,
                  certfile: str | None = None, cafile: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 5.0, resolve_ttl: bool = False,
-                 scheme: str | None = None, **ignored) -> "EtcdStore":
+                 scheme: str | None = None, **ignored) -> EtcdStore:
         """`etcd://h:p[,h:p]` or flanneld's `--etcd-endpoints` list of http(s) URLs.
 
         `scheme="https"` (or any TLS file) makes bare `etcd://h:p` endpoints use HTTPS.

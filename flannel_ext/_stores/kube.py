@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import urllib3
 from kubernetes import client, config as kube_config, watch as kube_watch
@@ -122,7 +122,7 @@ class KubeStore:
     @classmethod
     def from_options(cls, kubeconfig: str | None = None, api_url: str | None = None,
                      annotation_prefix: str = DEFAULT_PREFIX, node_name: str | None = None,
-                     env: Mapping[str, str] | None = None, **options) -> "KubeStore":
+                     env: Mapping[str, str] | None = None, **options) -> KubeStore:
         """Connect as flanneld does (compat §4, §6); `options` go to the constructor."""
         AnnotationNames.from_prefix(annotation_prefix)   # a bad flag fails before any I/O
         api = api_client(kubeconfig, api_url)

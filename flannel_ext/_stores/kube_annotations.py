@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from flannel_ext._util.errors import ConfigError
 from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent
@@ -34,7 +34,7 @@ class AnnotationNames:
     public_ipv6_overwrite: str
 
     @classmethod
-    def from_prefix(cls, prefix: str = DEFAULT_PREFIX) -> "AnnotationNames":
+    def from_prefix(cls, prefix: str = DEFAULT_PREFIX) -> AnnotationNames:
         """flannel's newAnnotations: normalise the prefix, then check it."""
         fix = "use an FQDN optionally followed by '/' and a lowercase name, e.g. flannel.alpha.coreos.com"
         if prefix.count("/") > 1:
@@ -139,7 +139,7 @@ def annotation_patch(node: dict, names: AnnotationNames, attrs: LeaseAttrs) -> d
 
 def go_time(now: datetime | None = None) -> str:
     """metav1.Time as Go marshals it: RFC 3339, seconds, UTC."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def network_available_patch(now: datetime | None = None) -> dict:

@@ -40,7 +40,7 @@ class LeaseAttrs:
 
     @classmethod
     def with_string_data(cls, public_ip: str, data: str | None, *, public_ipv6: str | None = None,
-                         backend_type: str = "extension") -> "LeaseAttrs":
+                         backend_type: str = "extension") -> LeaseAttrs:
         """Attrs as the extension backend writes them: BackendData is a JSON string."""
         return cls(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=backend_type,
                    backend_data=gojson.dumps(data) if data else None)
@@ -58,7 +58,7 @@ class LeaseAttrs:
         return "{" + ",".join(parts) + "}"
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "LeaseAttrs":
+    def from_json(cls, text: str | bytes) -> LeaseAttrs:
         """Parse a lease value as Go would (case-insensitive keys); raises ValueError."""
         try:
             obj = json.loads(text)
@@ -120,10 +120,10 @@ class Lease:
     def key(self) -> str:
         return subnet_key(self.subnet, self.ipv6_subnet)
 
-    def with_attrs(self, attrs: LeaseAttrs) -> "Lease":
+    def with_attrs(self, attrs: LeaseAttrs) -> Lease:
         return replace(self, attrs=attrs)
 
-    def same_subnet(self, other: "Lease") -> bool:
+    def same_subnet(self, other: Lease) -> bool:
         """flannel's sameSubnet: equal v4 subnet and equal v6 subnet."""
         return self.subnet == other.subnet and self.ipv6_subnet == other.ipv6_subnet
 
@@ -144,13 +144,13 @@ class LeaseEvent:
     reason: str = ""
 
     @classmethod
-    def added(cls, lease: Lease) -> "LeaseEvent":
+    def added(cls, lease: Lease) -> LeaseEvent:
         return cls(EventType.ADDED, lease, lease.key)
 
     @classmethod
-    def removed(cls, lease: Lease) -> "LeaseEvent":
+    def removed(cls, lease: Lease) -> LeaseEvent:
         return cls(EventType.REMOVED, lease, lease.key)
 
     @classmethod
-    def rejected(cls, key: str, reason: str) -> "LeaseEvent":
+    def rejected(cls, key: str, reason: str) -> LeaseEvent:
         return cls(EventType.REJECTED, None, key, reason)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from flannel_ext._util import inotify
 from flannel_ext._util.errors import LeaseConflict, OutOfSubnets, StoreError
@@ -95,7 +95,7 @@ class SqliteStore:
             self._conn = self._connect()
 
     @classmethod
-    def from_url(cls, url: str, **options) -> "SqliteStore":
+    def from_url(cls, url: str, **options) -> SqliteStore:
         """`sqlite:PATH` (an empty PATH means the default)."""
         rest = url.split(":", 1)[1]
         rest = rest[2:] if rest.startswith("//") else rest  # sqlite:///abs/path works too

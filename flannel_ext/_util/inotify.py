@@ -89,7 +89,7 @@ class Inotify:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "Inotify":
+    def __enter__(self) -> Inotify:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -97,7 +97,7 @@ class Underlay:
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.cidr)
 
-    def create(self) -> "Underlay":
+    def create(self) -> Underlay:
         create_netns(self.hub)
         if sh(["ip", "-n", self.hub, "link", "show", "br0"], check=False).returncode != 0:
             sh(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])

@@ -1,4 +1,4 @@
-"""Issue 2, test 3: the flannel contract, pinned byte for byte.
+"""The flannel contract, pinned byte for byte.
 
 What each hook gets in its environment and on stdin, the lease JSON and key written to the
 store, and subnet.env. Two real daemons run a net-conf whose commands record what they got.

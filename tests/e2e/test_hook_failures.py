@@ -1,4 +1,4 @@
-"""Issue 2, test 6: a failing hook is retried with backoff; a hanging hook is killed at the
+"""A failing hook is retried with backoff; a hanging hook is killed at the
 timeout and the other subnets proceed."""
 from __future__ import annotations
 

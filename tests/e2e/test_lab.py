@@ -41,8 +41,6 @@ def recipe(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
     dest = tmp_path / "net-conf.json"
     if kind.endswith(".json"):
         src = REPO / "recipes" / kind
-        if not src.exists():
-            pytest.skip(f"recipes/{kind} not written yet")
         shutil.copy(src, dest)
     else:
         dest.write_text(json.dumps({"Network": NETWORK, "Backend": {"Type": "extension", "Hook": kind}}))

@@ -1,4 +1,4 @@
-"""Issue 2, tests 1, 2 and 7: two nodes run flannel's host-gw example verbatim."""
+"""Two nodes run flannel's host-gw example verbatim."""
 from __future__ import annotations
 
 import shutil

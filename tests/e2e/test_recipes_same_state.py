@@ -1,4 +1,4 @@
-"""Issue 3, tests 1–3 end to end: for host-gw and vxlan, a 3-node cluster of `flannel-ext run`
+"""End to end: for host-gw and vxlan, a 3-node cluster of `flannel-ext run`
 daemons with the shell recipe and one with the Python recipe leave the same normalised
 kernel state; TCP crosses between subnets; kill -9 and restart changes nothing.
 

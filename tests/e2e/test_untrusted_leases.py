@@ -1,4 +1,4 @@
-"""Issue 2, test 4: no value from another node's lease ever becomes shell code.
+"""No value from another node's lease ever becomes shell code.
 
 Leases carrying shell payloads in PublicIP, the subnet key and BackendData are written
 straight into the store. Bad ones are rejected and counted; strings that are valid data

@@ -1,4 +1,4 @@
-"""Issue 6: `flannel-ext hook` runs one hook as the runtime would; --dry-run changes nothing."""
+"""`flannel-ext hook` runs one hook as the runtime would; --dry-run changes nothing."""
 from __future__ import annotations
 
 import json

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -18,7 +17,6 @@ DEMO = os.path.join(REPO, "demo")
 TARGETS = ["minikube-start", "minikube-build-image", "minikube-deploy", "minikube-remove",
            "minikube-restart-pod", "kubernetes-logs", "minikube-delete", "manifest", "help"]
 
-pytestmark = pytest.mark.skipif(not shutil.which("make"), reason="make not installed")
 
 
 def dry_run(target: str, *variables: str) -> str:
@@ -59,10 +57,7 @@ def test_the_talk_targets():
 
 def test_manifest_target_renders_a_recipe():
     recipes = sorted(f for f in os.listdir(os.path.join(REPO, "recipes")) if f.endswith(".json"))
-    if not recipes:
-        pytest.skip("no shipped JSON recipes yet")
-    if subprocess.run(["flannel-ext", "--help"], capture_output=True).returncode != 0:
-        pytest.skip("the flannel-ext command does not start yet")
+    assert recipes, "recipes/ ships no JSON recipe"
     recipe = recipes[0][:-len(".json")]
     proc = subprocess.run(["make", "-s", "-C", DEMO, "manifest", f"RECIPE={recipe}"],
                           capture_output=True, text=True, timeout=60)

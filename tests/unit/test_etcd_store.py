@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -21,7 +20,6 @@ from flannel_ext._stores.etcd import EtcdStore  # noqa: E402
 from flannel_ext._stores.etcd_watch import parse_endpoints  # noqa: E402
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt install etcd-server)")
 
 PREFIX = "/coreos.com/network"
 SUBNETS = PREFIX + "/subnets/"

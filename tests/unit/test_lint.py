@@ -1,6 +1,5 @@
 """`flannel-ext lint`: config errors, shellcheck, unquoted remote values, portability to flannel ≥ v0.28.2."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from flannel_ext.cli import main
 from flannel_ext._commands.lint import check_command, lint_file
 
 REPO = Path(__file__).resolve().parents[2]
-needs_shellcheck = pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 
 
 def write(tmp_path, **backend):
@@ -102,7 +100,6 @@ def test_position_on_a_later_line():
     assert "line 2, column 8" in finding.message
 
 
-@needs_shellcheck
 def test_clean_recipe_exits_0_with_no_output(tmp_path, capsys):
     path = write(tmp_path, PreStartupCommand="/usr/local/libexec/flannel/pre-startup",
                  PostStartupCommand="/usr/local/libexec/flannel/post-startup",
@@ -113,7 +110,6 @@ def test_clean_recipe_exits_0_with_no_output(tmp_path, capsys):
     assert (code, lines, err) == (0, [], "")
 
 
-@needs_shellcheck
 def test_shellcheck_error_exits_2(tmp_path, capsys):
     path = write(tmp_path, PostStartupCommand="if /bin/true; then /bin/echo up")
     code, lines, _ = lint(capsys, path)
@@ -122,7 +118,6 @@ def test_shellcheck_error_exits_2(tmp_path, capsys):
                for line in lines), lines
 
 
-@needs_shellcheck
 def test_hook_variables_are_declared_for_shellcheck(tmp_path):
     findings, _ = lint_file(str(write(tmp_path, SubnetAddCommand='/bin/add "$SUBNET" "$PUBLIC_IPV6"')))
     assert not [f for f in findings if "SC2154" in f.message]
@@ -161,7 +156,6 @@ def test_cli_entry_point(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@needs_shellcheck
 @pytest.mark.parametrize("name", ["host-gw.json", "vxlan.json"])
 def test_shipped_recipes_have_no_errors(name, capsys):
     path = REPO / "recipes" / name

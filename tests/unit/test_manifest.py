@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -332,7 +331,6 @@ def test_cni_errors_are_cni_json(cni):
     assert json.loads(cni("CHECK", container="unknown").stdout)["code"] == 11
 
 
-@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_cni_script_passes_shellcheck(tmp_path):
     script = tmp_path / "flannel-ext-cni"
     script.write_text(manifest.cni_plugin_script())

@@ -1,0 +1,1 @@
+"""The flannel-ext CNI plugin (entry point: `flannel_ext.cni`)."""
