@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak_lab import DEFAULT_RECIPES, RECIPES, Bed  # noqa: E402
@@ -86,6 +86,8 @@ def signal_trial(bed: Bed, rng: random.Random, row: Row, args, sig: int) -> None
     node.start()
     stale, missing = bed.settle(args.settle)
     row.add(stale, missing, time.monotonic() - start)
+    if stale or missing:
+        print(f"{row.store} {row.recipe} {row.kind}: {bed.explain()}", file=sys.stderr, flush=True)
 
 
 def etcd_trial(bed: Bed, rng: random.Random, row: Row, args) -> None:
@@ -101,6 +103,8 @@ def etcd_trial(bed: Bed, rng: random.Random, row: Row, args) -> None:
     stale, missing = bed.settle(args.settle)
     row.add(stale, missing, time.monotonic() - start)
     row.lost = (row.lost or 0) + stale + missing
+    if stale or missing:
+        print(f"{row.store} {row.recipe} {row.kind}: {bed.explain()}", file=sys.stderr, flush=True)
 
 
 def run_combo(store: str, recipe: str, args, rng: random.Random, index: int) -> list[Row]:
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-hostile", action="store_true", help="skip the hostile-lease corpus")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # tear the namespaces down
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
     recipes = list(RECIPES) if args.recipes == "all" else [r.strip() for r in args.recipes.split(",")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,10 +77,14 @@ class StoreWriter:
         self._call(op="delete", key=key)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin
-            self.proc.stdin.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()  # the writer ends at EOF
+        try:
             self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @dataclass
@@ -96,12 +101,13 @@ class Bed:
     writer: StoreWriter | None = None
     node: NodeDaemon | None = None
     pool: list[str] = field(default_factory=list)             # keys the burst plays with
+    keep: bool = False                                        # keep workdir (a trial failed)
 
     @property
     def model(self) -> str:
         return RECIPES[self.recipe][1]
 
-    def setup(self, extra: tuple[str, ...] = ()) -> "Bed":
+    def setup(self, extra: tuple[str, ...] = ()) -> Bed:
         self.underlay = Underlay(self.prefix).create()
         ns = f"{self.prefix}n0"
         self.underlay.add_node(ns, 0)
@@ -174,6 +180,13 @@ class Bed:
         want, seen = self.expected(), self.observed()
         return len(seen - want), len(want - seen)
 
+    def explain(self) -> str:
+        """The entries that differ, and where the node's log is (kept for a failed trial)."""
+        want, seen = self.expected(), self.observed()
+        self.keep = True
+        return (f"stale {sorted(seen - want)} missing {sorted(want - seen)}; "
+                f"log {self.node.log_path if self.node else '-'}")
+
     def settle(self, timeout: float) -> tuple[int, int]:
         """Wait until the kernel matches the store (or `timeout`); the remaining difference."""
         try:
@@ -191,6 +204,8 @@ class Bed:
             self.etcd.cleanup()
         if self.underlay:
             self.underlay.destroy()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _has_link(ns: str, name: str) -> bool:

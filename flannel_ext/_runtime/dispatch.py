@@ -244,6 +244,8 @@ class Dispatcher:
             log.error("giving up on %s %s after %s: %s", kind, lease.key, why, error)
             if kind == "remove":
                 slot.programmed = None  # unknown kernel state; do not retry forever
+                if slot.desired is not None:  # ... and never strand the add of newer data
+                    slot.gave_up, slot.attempts, slot.not_before = False, 0, 0.0
             return
         delay = error.delay if isinstance(error, TemporaryError) and error.delay else \
             self.backoff.delay(slot.attempts)

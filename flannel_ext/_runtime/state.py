@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from flannel_ext._util.files import write_atomic
 from flannel_ext._hooks.base import RemoteLease

@@ -37,7 +37,7 @@ class KernelIdentity:
     network: str        # "Network" (and IPv6Network) of the net-conf
 
     @classmethod
-    def current(cls, network: str) -> "KernelIdentity":
+    def current(cls, network: str) -> KernelIdentity:
         try:
             netns = os.stat("/proc/self/ns/net").st_ino
         except OSError:
@@ -71,7 +71,7 @@ class StateDirLock:
         self.path = os.path.join(state_dir, LOCK_NAME)
         self._fd: int | None = None
 
-    def acquire(self, wait: float = LOCK_WAIT) -> "StateDirLock":
+    def acquire(self, wait: float = LOCK_WAIT) -> StateDirLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         # O_CLOEXEC: a hook process must never inherit (and so keep) the lock.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -100,7 +100,7 @@ class StateDirLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    def __enter__(self) -> "StateDirLock":
+    def __enter__(self) -> StateDirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -47,11 +47,11 @@ CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TE
     type TEXT NOT NULL CHECK (type IN ('put', 'delete', 'expire')), value TEXT, expiration REAL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-_SOMEONE = LeaseAttrs(public_ip="")
+_SOMEONE = LeaseAttrs(public_ip="")  # stands for "another node's" in _acquire_view
 
 
 class WriterLockTimeout(StoreError):
-    """The writer lock stayed taken past the timeout (its holder stopped or hung); retry later."""  # stands for "another node's" in _acquire_view
+    """The writer lock stayed taken past the timeout (its holder stopped or hung); retry later."""
 
 
 @lru_cache(maxsize=1 << 17)
