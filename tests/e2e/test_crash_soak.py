@@ -19,8 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import soak  # noqa: E402
 from soak_lab import Bed  # noqa: E402
 
-STORES = ["sqlite", pytest.param("etcd", marks=pytest.mark.skipif(
-    shutil.which("etcd") is None, reason="needs etcd-server"))]
+STORES = ["sqlite", "etcd"]
 RECIPES = ["shell host-gw (flannel)", "python host-gw", "python vxlan"]
 
 
@@ -31,6 +30,8 @@ class Args:
 @pytest.fixture
 def bed(request, netns_prefix):
     store, recipe = request.param
+    if store == "etcd" and shutil.which("etcd") is None:
+        pytest.skip("needs etcd-server")
     bed = Bed(netns_prefix, store, recipe)
     yield bed.setup()
     bed.teardown()
