@@ -140,3 +140,19 @@ def test_a_second_holder_of_the_state_dir_is_refused_with_the_pid(tmp_path):
         assert f"in use by flannel-ext pid {os.getpid()}" in str(info.value)
         assert "--state-dir" in str(info.value)
     StateDirLock(str(tmp_path)).acquire().release()   # free again once released
+
+
+def test_lab_status_shows_a_state_write_error(tmp_path, monkeypatch):
+    from flannel_ext._lab import ops
+    from flannel_ext._lab.state import Lab, Node
+
+    monkeypatch.setenv("FLANNEL_EXT_LAB_ROOT", str(tmp_path))
+    lab = Lab("crashlab", "net-conf.json", "sqlite:x.db")
+    lab.nodes["n1"] = Node("n1", "crashlab-n1", 0, "192.168.100.1")
+    os.makedirs(lab.state_dir("n1"))
+    error = "cannot write state in /x: No space left on device (ENOSPC)"
+    with open(os.path.join(lab.state_dir("n1"), "stats.json"), "w") as handle:
+        json.dump({"ready": True, "state_write_error": error}, handle)
+    rows = ops.status_rows(lab)
+    assert rows[0]["state_error"] == error
+    assert f"  n1: {error}" in ops.format_status(lab, rows).splitlines()
