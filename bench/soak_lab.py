@@ -33,6 +33,16 @@ def _conf(hook: str) -> dict:
     return {"Network": str(NETWORK), "Backend": {"Type": "extension", "Hook": hook}}
 
 
+def _slow_hostgw(delay: float) -> dict:
+    """The tolerant host-gw commands behind a sleep: many calls are in flight at a kill."""
+    route = '"$SUBNET" via "$PUBLIC_IP"'
+    return {"Network": str(NETWORK), "Backend": {
+        "Type": "extension",
+        "SubnetAddCommand": f"sleep {delay}; ip route replace {route}",
+        "SubnetRemoveCommand": f'sleep {delay}; ip route del {route} 2>/dev/null || '
+                               f'[ -z "$(ip route show exact {route})" ]'}}
+
+
 # name -> (net-conf: a file or a dict, kernel model)
 RECIPES: dict[str, tuple[Path | dict, str]] = {
     "shell host-gw (flannel)": (ROOT / "tests" / "flannel-examples" / "extension-hostgw.json", "hostgw"),
@@ -40,6 +50,7 @@ RECIPES: dict[str, tuple[Path | dict, str]] = {
     "shell vxlan": (ROOT / "recipes" / "vxlan.json", "vxlan"),
     "python host-gw": (_conf("host-gw"), "hostgw"),
     "python vxlan": (_conf("vxlan"), "vxlan"),
+    "shell host-gw, 0.3 s hook": (_slow_hostgw(0.3), "hostgw"),
 }
 DEFAULT_RECIPES = ("shell host-gw (flannel)", "python host-gw", "python vxlan")
 

@@ -24,10 +24,14 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 LOCK_WAIT = 3.0     # a restarted daemon may start while the old one is still exiting
 
 
-class StateDirBusy(FlannelExtError):
-    """Another daemon holds the state dir."""
+class StateDirError(FlannelExtError):
+    """The state dir cannot be used (cannot be created or locked)."""
 
     exit_code = 1
+
+
+class StateDirBusy(StateDirError):
+    """Another daemon holds the state dir."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,13 @@ class StateDirLock:
         self._fd: int | None = None
 
     def acquire(self, wait: float = LOCK_WAIT) -> StateDirLock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        # O_CLOEXEC: a hook process must never inherit (and so keep) the lock.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            # O_CLOEXEC: a hook process must never inherit (and so keep) the lock.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateDirError(f"cannot lock the state dir: {exc.filename}: {exc.strerror}; "
+                                "pass a writable --state-dir") from None
         deadline = time.monotonic() + wait
         while True:
             try:

@@ -38,11 +38,14 @@ class TmpfsStateNode(NodeDaemon):
         return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", *argv], capture_output=True,
                               text=True, check=check)
 
-    def readyz(self) -> tuple[int, str]:
+    def get(self, path: str) -> tuple[int, str]:
         out = subprocess.run(["ip", "netns", "exec", self.ns, "curl", "-s", "-w", "\n%{http_code}",
-                              f"http://127.0.0.1:{PORT}/readyz"], capture_output=True, text=True).stdout
+                              f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True).stdout
         body, _, code = out.rpartition("\n")
         return int(code or 0), body
+
+    def readyz(self) -> tuple[int, str]:
+        return self.get("/readyz")
 
     def stats_inside(self) -> dict:
         out = self.inside("cat", str(self.state_dir / "stats.json")).stdout
@@ -87,12 +90,14 @@ def test_full_state_dir_is_reported_and_retried(underlay, netns_prefix, tmp_path
     assert "cannot write state in" in body and "ENOSPC" in body, body
     wait_for(lambda: "ENOSPC" in node.stats_inside().get("state_write_error", ""), 30,
              what="stats.json (lab status) showing the error")
+    assert "flannel_ext_state_write_error 1.0" in node.get("/metrics")[1]
     second = peer(store, 12)                     # still programming
     wait_for(lambda: have(second), 30, what="second route while the state dir is full")
     assert node.log().count("cannot write state in") == 1, node.log()
     node.inside("rm", f"{node.state_dir}/fill", check=True)
     wait_for(lambda: node.readyz()[0] == 200, 60, what="/readyz 200 after space came back")
     assert "work again" in node.log()
+    assert "flannel_ext_state_write_error 0.0" in node.get("/metrics")[1]
     recorded = json.loads(node.inside("cat", str(node.state_dir / "programmed.json"), check=True).stdout)
     assert {"10.50.11.0-24", "10.50.12.0-24"} <= set(recorded["programmed"])
 

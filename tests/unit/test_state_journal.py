@@ -156,3 +156,11 @@ def test_lab_status_shows_a_state_write_error(tmp_path, monkeypatch):
     rows = ops.status_rows(lab)
     assert rows[0]["state_error"] == error
     assert f"  n1: {error}" in ops.format_status(lab, rows).splitlines()
+
+
+def test_an_unusable_state_dir_is_one_clear_error(tmp_path):
+    from flannel_ext._runtime.statedir import StateDirError
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StateDirError) as info:
+        StateDirLock(str(tmp_path / "file" / "state")).acquire()
+    assert "cannot lock the state dir" in str(info.value) and "--state-dir" in str(info.value)
