@@ -27,6 +27,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Row:
     lost: int | None = None
     bad: int = 0              # trials with any stale or missing entry
     unclean: int = 0          # SIGTERM exits other than 0
+    error: str = ""           # the combination could not run (setup failed, ...)
     settle: list[float] = field(default_factory=list)
 
     def add(self, stale: int, missing: int, seconds: float) -> None:
@@ -121,21 +123,27 @@ def run_combo(store: str, recipe: str, args, rng: random.Random, index: int) -> 
             signal_trial(bed, rng, rows[1], args, signal.SIGTERM)
         for _ in range(args.etcd_restarts if store == "etcd" else 0):
             etcd_trial(bed, rng, rows[2], args)
+    except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        # One broken combination (e.g. a daemon that never came up) is reported, not fatal.
+        bed.keep = True
+        rows[0].error = f"{type(exc).__name__}: {exc}; node log {bed.node.log_path if bed.node else '-'}"
+        print(f"{store} {recipe}: {rows[0].error}", file=sys.stderr, flush=True)
     finally:
         bed.teardown()
-    return [row for row in rows if row.trials]
+    return [row for row in rows if row.trials or row.error]
 
 
 def print_rows(rows: list[Row]) -> None:
-    head = (f"{'store':<7} {'recipe':<24} {'trial':<13} {'trials':>6} {'kills':>5} {'stale':>5} "
+    head = (f"{'store':<7} {'recipe':<26} {'trial':<13} {'trials':>6} {'kills':>5} {'stale':>5} "
             f"{'missing':>7} {'lost':>5} {'bad':>4} {'unclean':>7} {'settle p50':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         lost = "-" if r.lost is None else str(r.lost)
         p50 = f"{statistics.median(r.settle):.1f}s" if r.settle else "-"
-        print(f"{r.store:<7} {r.recipe:<24} {r.kind:<13} {r.trials:>6} {r.kills:>5} {r.stale:>5} "
-              f"{r.missing:>7} {lost:>5} {r.bad:>4} {r.unclean:>7} {p50:>10}")
+        print(f"{r.store:<7} {r.recipe:<26} {r.kind:<13} {r.trials:>6} {r.kills:>5} {r.stale:>5} "
+              f"{r.missing:>7} {lost:>5} {r.bad:>4} {r.unclean:>7} {p50:>10}"
+              + (f"  ERROR {r.error}" if r.error else ""))
 
 
 def print_hostile(stores: tuple[str, ...]) -> None:
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, or 'all' ({', '.join(RECIPES)})")
     parser.add_argument("--burst", type=int, default=40, help="lease changes per burst")
     parser.add_argument("--interval", type=float, default=0.02, help="mean seconds between changes")
-    parser.add_argument("--settle", type=float, default=30.0, help="seconds to wait for the kernel to match")
+    parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the kernel to match")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-hostile", action="store_true", help="skip the hostile-lease corpus")
     args = parser.parse_args(argv)
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print_rows(rows)
     if not args.no_hostile:
         print_hostile(stores + ("kube",))
-    return 1 if any(r.stale or r.missing or r.unclean for r in rows) else 0
+    return 1 if any(r.stale or r.missing or r.unclean or r.error for r in rows) else 0
 
 
 if __name__ == "__main__":

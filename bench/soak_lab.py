@@ -137,7 +137,7 @@ class Bed:
             conf = path
         self.writer = StoreWriter(url, self.underlay.hub)
         self.node = NodeDaemon(ns, conf, url, self.workdir, extra=["--hook-retries", "5", *extra])
-        self.node.start()
+        self.node.start(timeout=60)
         own = self.node.subnet
         self.pool = [f"10.50.{i}.0-24" for i in range(10, 250)
                      if f"10.50.{i}.0/24" != own][:24]
