@@ -76,23 +76,23 @@ def test_full_state_dir_is_reported_and_retried(underlay, netns_prefix, tmp_path
     node.state_dir.mkdir(parents=True)
     daemons.append(node)
     node.start(wait=False)
-    wait_for(lambda: node.subnet_file.exists() or node.proc.poll() is not None, 30)
+    wait_for(lambda: node.subnet_file.exists() or node.proc.poll() is not None, 60)
     assert node.proc.poll() is None, node.log()
-    wait_for(lambda: node.readyz()[0] == 200, 30, what="/readyz 200")
+    wait_for(lambda: node.readyz()[0] == 200, 60, what="/readyz 200")
     have = lambda subnet: any(r.get("dst") == subnet for r in routes(ns))  # noqa: E731
 
     # Fill the tmpfs: the next hook call cannot be journaled.
     node.inside("dd", "if=/dev/zero", f"of={node.state_dir}/fill", "bs=4k")
     first = peer(store, 11)
-    wait_for(lambda: have(first), 30, what="route while the state dir is full")
-    wait_for(lambda: node.readyz()[0] == 503, 30, what="/readyz 503")
+    wait_for(lambda: have(first), 60, what="route while the state dir is full")
+    wait_for(lambda: node.readyz()[0] == 503, 60, what="/readyz 503")
     code, body = node.readyz()
     assert "cannot write state in" in body and "ENOSPC" in body, body
-    wait_for(lambda: "ENOSPC" in node.stats_inside().get("state_write_error", ""), 30,
+    wait_for(lambda: "ENOSPC" in node.stats_inside().get("state_write_error", ""), 60,
              what="stats.json (lab status) showing the error")
     assert "flannel_ext_state_write_error 1.0" in node.get("/metrics")[1]
     second = peer(store, 12)                     # still programming
-    wait_for(lambda: have(second), 30, what="second route while the state dir is full")
+    wait_for(lambda: have(second), 60, what="second route while the state dir is full")
     assert node.log().count("cannot write state in") == 1, node.log()
     node.inside("rm", f"{node.state_dir}/fill", check=True)
     wait_for(lambda: node.readyz()[0] == 200, 60, what="/readyz 200 after space came back")

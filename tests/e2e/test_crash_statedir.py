@@ -39,7 +39,7 @@ def test_second_daemon_on_a_state_dir_exits_naming_the_holder(underlay, netns_pr
     store = f"sqlite:{tmp_path}/leases.db"
     first = NodeDaemon(a_ns, hostgw_conf(tmp_path), store, tmp_path)
     daemons.append(first)
-    first.start()
+    first.start(timeout=60)
     before = (first.state_dir / "programmed.json").read_text()
     second = NodeDaemon(b_ns, first.net_conf, store, tmp_path / "second")
     second.state_dir = first.state_dir                      # the same --state-dir
@@ -60,16 +60,16 @@ def test_a_state_file_from_another_namespace_is_not_acted_on(underlay, netns_pre
     db = SqliteStore(tmp_path / "leases.db")
     node = NodeDaemon(a_ns, hostgw_conf(tmp_path), f"sqlite:{tmp_path}/leases.db", tmp_path)
     daemons.append(node)
-    node.start()
+    node.start(timeout=60)
     peer = put_peer(db, 20)
-    wait_for(lambda: has_route(a_ns, peer))
+    wait_for(lambda: has_route(a_ns, peer), 60)
     assert node.stop() == 0
     db.delete_key(peer.replace("/", "-"))   # the record now asks for a remove...
     moved = NodeDaemon(b_ns, node.net_conf, node.store, tmp_path / "moved")
     moved.state_dir = node.state_dir         # ...but this state dir is from namespace a
     daemons.append(moved)
-    moved.start()
-    wait_for(lambda: "in another network namespace" in moved.log())
+    moved.start(timeout=60)
+    wait_for(lambda: "in another network namespace" in moved.log(), 60)
     assert moved.stop() == 0
     assert "hook=SubnetRemoveCommand" not in moved.log(), moved.log()
     assert has_route(a_ns, peer), "namespace a's kernel is not touched"
@@ -83,17 +83,17 @@ def test_a_clean_restart_heals_a_remove_that_gave_up(underlay, netns_prefix, tmp
     db = SqliteStore(tmp_path / "leases.db")
     node = NodeDaemon(ns, conf, f"sqlite:{tmp_path}/leases.db", tmp_path, extra=["--hook-retries", "2"])
     daemons.append(node)
-    node.start()
+    node.start(timeout=60)
     peer = put_peer(db, 21)
-    wait_for(lambda: has_route(ns, peer))
+    wait_for(lambda: has_route(ns, peer), 60)
     flag.touch()
     db.delete_key(peer.replace("/", "-"))
-    wait_for(lambda: "giving up on remove" in node.log())
+    wait_for(lambda: "giving up on remove" in node.log(), 60)
     assert has_route(ns, peer)                # the damage: a stale route
     assert node.stop() == 0
     flag.unlink()
-    node.start()                              # a clean restart on the same state dir
-    wait_for(lambda: not has_route(ns, peer), what="the stale route removed after the restart")
+    node.start(timeout=60)                              # a clean restart on the same state dir
+    wait_for(lambda: not has_route(ns, peer), 60, what="the stale route removed after the restart")
     assert node.stop() == 0
     shutil.copy(node.state_dir / "programmed.json", tmp_path / "after.json")
     assert json.loads((tmp_path / "after.json").read_text())["programmed"] == {}
