@@ -80,7 +80,12 @@ def signal_trial(bed: Bed, rng: random.Random, row: Row, args, sig: int) -> None
         if sig == signal.SIGKILL:
             node.kill()
         else:
-            row.unclean += node.stop() != 0
+            code = node.stop()
+            if code != 0:
+                row.unclean += 1
+                bed.keep = True
+                print(f"{row.store} {row.recipe} SIGTERM: exit code {code}; log {node.log_path}",
+                      file=sys.stderr, flush=True)
         row.kills += 1
 
     burst(bed, rng, args.burst, args.interval, rng.randrange(args.burst), hit)

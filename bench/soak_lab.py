@@ -199,9 +199,14 @@ class Bed:
                 f"log {self.node.log_path if self.node else '-'}")
 
     def settle(self, timeout: float) -> tuple[int, int]:
-        """Wait until the kernel matches the store (or `timeout`); the remaining difference."""
+        """Wait until this daemon is up and the kernel matches the store (or `timeout`); the
+        remaining difference. (The kernel may match before a restarted daemon is up; the
+        next trial must not signal it before it handles signals.)"""
+        node = self.node
+        assert node and node.proc
+        up = lambda: node.stats().get("pid") == node.proc.pid and node.stats().get("ready")  # noqa: E731
         try:
-            wait_for(lambda: self.diff() == (0, 0), timeout, interval=0.2)
+            wait_for(lambda: up() and self.diff() == (0, 0), timeout, interval=0.2)
         except AssertionError:
             pass
         return self.diff()
