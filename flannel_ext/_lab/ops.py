@@ -265,6 +265,7 @@ def status_rows(lab: Lab) -> list[dict]:
             "hook_calls": sum((stats.get("hook_calls") or {}).values()),
             "hook_failures": sum((stats.get("hook_failures") or {}).values()),
             "rejected": sum((stats.get("rejected") or {}).values()),
+            "state_error": stats.get("state_write_error", ""),
             "pods": {p.name: p.ip for p in node.pods.values()},
             "policy": cluster.read_status(lab, node.name),
         })
@@ -281,4 +282,6 @@ def format_status(lab: Lab, rows: list[dict]) -> str:
         lines.append(f"{r['node']:<8} {r['ip']:<15} {r['subnet'] or '-':<18} {r['pid']:>7} {state:<8} "
                      f"{r['leases_known']:>6} {r['hook_calls']:>6} {r['hook_failures']:>6} "
                      f"{r['rejected']:>8}  " + " ".join(f"{k.rsplit('-', 1)[1]}={v}" for k, v in r["pods"].items()))
+        if r.get("state_error"):
+            lines.append(f"  {r['node']}: {r['state_error']}")
     return "\n".join(lines)

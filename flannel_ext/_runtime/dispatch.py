@@ -26,6 +26,7 @@ from flannel_ext._util.errors import HookError, TemporaryError
 from flannel_ext._config.netconf import COMMAND_FIELDS
 from flannel_ext._hooks.base import RemoteLease
 from flannel_ext._runtime.calls import HookCaller
+from flannel_ext._runtime.state import StateJournal
 from flannel_ext._runtime.stats import NodeStats
 
 log = logging.getLogger("flannel_ext.dispatch")
@@ -76,11 +77,13 @@ LOOP_PAUSE = (1.0, 30.0)  # pause after an unexpected error, doubling
 class Dispatcher:
     def __init__(self, caller: HookCaller, stats: NodeStats, *, backoff: Backoff | None = None,
                  batch_size: int = 1024,
-                 on_programmed: Callable[[dict[str, RemoteLease]], None] | None = None):
+                 on_programmed: Callable[[dict[str, RemoteLease]], None] | None = None,
+                 journal: StateJournal | None = None):
         self.caller, self.stats = caller, stats
         self.backoff = backoff or Backoff()
         self.batch_size = batch_size
         self.on_programmed = on_programmed
+        self.journal = journal          # write-ahead record around every hook call
         self.slots: dict[str, Slot] = {}
         self._cond = threading.Condition()
         self._stop = False
@@ -120,6 +123,8 @@ class Dispatcher:
                 slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
             self._dirty = True
             self._cond.notify_all()
+        if self.journal is not None:
+            self.journal.forget()
 
     def programmed(self) -> dict[str, RemoteLease]:
         with self._cond:
@@ -232,9 +237,13 @@ class Dispatcher:
 
     def _run_batch(self, kind: str, leases: list[RemoteLease]) -> None:
         try:
+            if self.journal is not None:
+                self.journal.intend(kind, leases)
             results = self.caller.apply(kind, leases)
         except BaseException as exc:  # noqa: BLE001 - never lose the slot's in_flight flag
             results = {lease.key: exc for lease in leases}
+        if self.journal is not None:
+            self.journal.done(kind, results)
         with self._cond:
             try:
                 self._record(kind, leases, results)

@@ -93,6 +93,9 @@ class StatsCollector:
                                 value=snap["retries_pending"])
         yield GaugeMetricFamily("flannel_ext_ready", "1 when /readyz answers 200.",
                                 value=1 if snap["ready"] else 0)
+        yield GaugeMetricFamily("flannel_ext_state_write_error",
+                                "1 while the state dir cannot be written (retried with backoff).",
+                                value=1 if snap["state_write_error"] else 0)
         last = GaugeMetricFamily("flannel_ext_last_reconcile_timestamp_seconds",
                                  "UNIX time of the last finished reconcile (absent before the first).")
         if snap["last_reconcile"] is not None:

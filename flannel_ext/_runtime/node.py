@@ -27,12 +27,14 @@ from flannel_ext._config import paths
 from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
 from flannel_ext._stores.base import AcquireRequest, LeaseStore, Snapshot
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel_ext._runtime import state, subnetenv
+from flannel_ext._runtime import subnetenv
 from flannel_ext._runtime.calls import HookCaller
 from flannel_ext._runtime.dispatch import Backoff, Dispatcher
 from flannel_ext._runtime.inbox import Inbox, Request, Stopped, WatchFailed
 from flannel_ext._runtime.leasewatch import LeaseWatch
 from flannel_ext._runtime.iface import ExternalInterface
+from flannel_ext._runtime.state import StateJournal
+from flannel_ext._runtime.statedir import KernelIdentity, StateDirLock
 from flannel_ext._runtime.stats import NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
@@ -87,12 +89,15 @@ class NodeRuntime:
             public_ip=public_ip, public_ipv6=options.public_ipv6, iface=iface.name, iface_mtu=iface.mtu,
             dry_run=options.dry_run)
         self.caller = self._make_caller(hook)
+        network = " ".join(str(n) for n in (config.network, config.ipv6_network) if n)
+        self.journal = StateJournal(options.state_dir, KernelIdentity.current(network), stats=self.stats,
+                                    enabled=not options.dry_run)
         self.dispatcher = Dispatcher(self.caller, self.stats, backoff=options.backoff,
-                                     on_programmed=self._save_programmed)
+                                     on_programmed=self._save_programmed, journal=self.journal)
 
     @property
     def state_file(self) -> str:
-        return os.path.join(self.options.state_dir, "programmed.json")
+        return self.journal.snapshot_path
 
     def _make_caller(self, hook: Hook) -> HookCaller:
         return HookCaller(hook, self.ctx, self.stats, default_timeout=self.options.hook_timeout)
@@ -142,6 +147,7 @@ class NodeRuntime:
 
     def _set_lease(self, lease: Lease) -> None:
         self.lease = lease
+        self.journal.own = lease.key
         self.ctx.subnet, self.ctx.ipv6_subnet = lease.subnet, lease.ipv6_subnet
         self.stats.subnet = str(lease.subnet or "")
 
@@ -294,7 +300,7 @@ class NodeRuntime:
     def _save_programmed(self, programmed: dict[str, RemoteLease]) -> None:
         if self.options.dry_run:
             return
-        state.save(self.state_file, programmed, own=self.lease.key if self.lease else "")
+        self.journal.checkpoint()  # the journal is written around each call; this compacts it
 
     def _stats_changed(self) -> None:
         """NodeStats.on_change, from any thread: one queued request at a time."""
@@ -317,7 +323,12 @@ class NodeRuntime:
         snap.update(node=self.options.node_name, public_ip=self.public_ip, pid=os.getpid())
         text = json.dumps(snap, sort_keys=True)
         if text != self._stats_written:
-            write_atomic(os.path.join(self.options.state_dir, "stats.json"), text + "\n")
+            path = os.path.join(self.options.state_dir, "stats.json")
+            try:
+                write_atomic(path, text + "\n")
+            except OSError:
+                if not _overwrite_in_place(path, text + "\n"):
+                    return  # the state dir is unwritable: the journal reports that
             self._stats_written = text
 
     # --- the main loop -----------------------------------------------------------
@@ -328,6 +339,16 @@ class NodeRuntime:
         return 0
 
     def run(self) -> int:
+        """Run until `request_stop()`; the state dir is locked for the whole run (one daemon per dir)."""
+        lock = None if self.options.dry_run else StateDirLock(self.options.state_dir).acquire()
+        try:
+            return self._run()
+        finally:
+            self.journal.close()
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> int:
         """Start up, then serve events until `request_stop()`; ShutdownCommand runs on the
         way out whenever start-up began (also after a stop during its retries)."""
         self.stats.on_change = self._stats_changed
@@ -337,7 +358,7 @@ class NodeRuntime:
                 callback(self)
             self.stats.ready = True
             snapshot = self.store.list()
-            self.dispatcher.load_programmed(state.load(self.state_file))
+            self.dispatcher.load_programmed(self.journal.recover())
             self._apply_snapshot(snapshot)
             self.stats.mark_reconciled()
             self.dispatcher.start()
@@ -381,6 +402,7 @@ class NodeRuntime:
                 self._renew()
             if self._stats_due is not None and now >= self._stats_due:
                 self._write_stats()
+            self.journal.maintain()
 
     def _finish(self) -> None:
         self.watch.stop()
@@ -397,3 +419,21 @@ class NodeRuntime:
         self.stats.on_change = None
         self.stats.ready = False
         self._write_stats()
+
+
+def _overwrite_in_place(path: str, text: str) -> bool:
+    """Rewrite a small file in its own blocks: works on a full disk, where a temp file cannot
+    be created, so `lab status` still sees the error. False if that failed too."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+STATE_PROBLEM = "state"   # the problem filed while the state dir cannot be written
+
+
 @dataclass
 class HookCall:
     """One finished hook call, as traced."""
@@ -94,6 +97,19 @@ class NodeStats:
         if changed:
             self._changed()
 
+    @property
+    def state_write_error(self) -> str:
+        """Why the state dir cannot be written ("" when it can): the "state" problem."""
+        with self._lock:
+            return self.problems.get(STATE_PROBLEM, "")
+
+    @state_write_error.setter
+    def state_write_error(self, reason: str) -> None:
+        if reason:
+            self.set_problem(STATE_PROBLEM, reason)
+        else:
+            self.clear_problem(STATE_PROBLEM)
+
     def is_ready(self) -> bool:
         """What /readyz reports: subnet.env written and nothing failing."""
         with self._lock:
@@ -130,5 +146,5 @@ class NodeStats:
                 "rejected": dict(self.rejected), "leases_known": self.leases_known,
                 "retries_pending": self.retries_pending, "last_reconcile": self.last_reconcile,
                 "ready": self.ready and not self.problems, "subnet": self.subnet,
-                "problems": dict(self.problems),
+                "problems": dict(self.problems), "state_write_error": self.problems.get(STATE_PROBLEM, ""),
             }

@@ -40,7 +40,8 @@ DEFAULT_PATH = paths.STORE_PATH
 HISTORY = 10000
 SAFETY_POLL = 1.0  # look at data_version this often even without a file event
 SETTLE = 0.02      # re-check this soon after a wakeup that showed no commit yet
-BUSY_TIMEOUT = 30.0
+BUSY_TIMEOUT = 30.0   # SQLite's busy timeout, and how long a writer waits for the writer lock
+LOCK_POLL = 0.01      # longest pause between two tries of a taken writer lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, value TEXT NOT NULL,
@@ -51,6 +52,10 @@ CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TE
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _SOMEONE = LeaseAttrs(public_ip="")  # stands for "another node's" in _acquire_view
+
+
+class WriterLockTimeout(StoreError):
+    """The writer lock stayed taken past the timeout (its holder stopped or hung); retry later."""
 
 
 @lru_cache(maxsize=1 << 17)
@@ -85,8 +90,10 @@ class SqliteStore:
     """The LeaseStore protocol over one SQLite file. See the module docstring."""
 
     def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *,
-                 ttl_clock: Callable[[], float] = time.time, history: int = HISTORY):
+                 ttl_clock: Callable[[], float] = time.time, history: int = HISTORY,
+                 lock_timeout: float = BUSY_TIMEOUT):
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
         self.clock = ttl_clock
         self.history = history
         self._notify_path = Path(f"{self.path}-notify")
@@ -116,11 +123,14 @@ class SqliteStore:
             raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+        conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.text_factory = _text
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal" and conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('leases', 'events', 'meta')").fetchone()[0] == 3:
+            return conn  # set up already: opening needs no writer lock (a stopped writer may hold it)
         with self._writer_turn():
             # Switching to WAL needs the file alone; the flock queues our own openers.
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -138,10 +148,32 @@ class SqliteStore:
         Read-only fd: closing it sends no inotify event to the watchers."""
         fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock(fd)
             yield
         finally:
             os.close(fd)  # releases the flock
+
+    def _flock(self, fd: int) -> None:
+        """flock with a timeout: a writer SIGSTOPped while holding the lock must not hang
+        every other node for ever (a blocking flock has no timeout). Non-blocking tries,
+        0.5 ms apart at first and at most LOCK_POLL apart: a release is seen within
+        milliseconds, and with many waiters one of them retries almost at once."""
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WriterLockTimeout(
+                    f"sqlite store {self.path}: the writer lock {self._lock_path} stayed taken for "
+                    f"{self.lock_timeout:g}s (is a process holding it stopped or hung? `fuser "
+                    f"{self._lock_path}` shows it); will retry")
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, LOCK_POLL)
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -286,7 +318,10 @@ class SqliteStore:
     def list(self) -> Snapshot:
         conn = self._conn
         with self._lock:
-            self._sweep(conn)
+            try:
+                self._sweep(conn)
+            except WriterLockTimeout:
+                pass  # expired rows are invisible anyway; the next list or watch sweeps them
             with self._read(conn):
                 leases, rejected = self._rows(conn)
                 revision = self._heads(conn)[0]
@@ -370,7 +405,11 @@ class _Watcher:
     def _loop(self, conn: sqlite3.Connection, wake: threading.Event, watch: Watch) -> None:
         store, last_version, settle = self.store, None, False
         while not watch.closing.is_set():
-            swept = store._sweep(conn)
+            try:
+                swept = store._sweep(conn)
+            except WriterLockTimeout as exc:  # keep watching; sweep when the lock is back
+                log.warning("%s", exc)
+                swept = False
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if swept or version != last_version or self.known is None:
                 last_version = version
