@@ -24,12 +24,14 @@ from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryErr
 NETLINK_ROUTE, SOL_NETLINK = 0, 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
-F_REQUEST, F_ACK, F_REPLACE, F_CREATE = 0x1, 0x4, 0x100, 0x400
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 26, 28, 29
+RTM_GETADDR = 22
+F_REQUEST, F_ACK, F_REPLACE, F_CREATE, F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
 F_CAPPED, F_ACK_TLVS = 0x100, 0x200   # flags of an error reply (echo trimmed / TLVs follow)
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 3, 0, 255, 1
 RTNH_F_ONLINK = 0x4
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 AF_BRIDGE = 7
@@ -40,6 +42,7 @@ _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 _HDR = struct.Struct("=IHHII")        # nlmsghdr: len, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NDMSG = struct.Struct("=BBHiHBB")    # family, pad, pad, ifindex, state, flags, type
+_IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, ifindex
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -216,12 +219,87 @@ def ifindex(name: str) -> int | None:
 
 def connected_prefixes(ipr, oif: int) -> list[ipaddress.IPv4Network]:
     """Main-table prefixes reachable on-link through `oif` (no gateway): the kernel's
-    connected routes and any other scope-link routes on it."""
+    connected routes and any other scope-link routes on it. `ipr` is unused (kept for
+    recipes written against the pyroute2 version); the dump is ours, parsed with `struct`."""
+    return _dump_connected(oif)
+
+
+def _dump(kind: int, body: bytes) -> Iterable[tuple[int, bytes]]:
+    """(type, payload) of each reply to an RTM_GET* dump request in the current namespace."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(_HDR.pack(_HDR.size + len(body), kind, F_REQUEST | F_DUMP, 1, 0) + body)
+        while True:
+            data = sock.recv(1 << 20)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", data, offset + 16)
+                    raise OSError(-code, os.strerror(-code))
+                yield mtype, data[offset + _HDR.size:offset + length]
+                offset += max((length + 3) & ~3, _HDR.size)
+
+
+def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
+    found = {}
+    while offset + 4 <= len(payload):
+        alen, akind = struct.unpack_from("=HH", payload, offset)
+        if alen < 4:
+            break
+        found[akind & 0x3FFF] = payload[offset + 4:offset + alen]
+        offset += (alen + 3) & ~3
+    return found
+
+
+def _dump_connected(oif: int) -> list[ipaddress.IPv4Network]:
     nets = []
-    for route in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-        if route.get("RTA_OIF") == oif and not route.get("RTA_GATEWAY") and route.get("RTA_DST"):
-            nets.append(ipaddress.IPv4Network(f"{route.get('RTA_DST')}/{route['dst_len']}"))
+    for _type, msg in _dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+        family, dst_len, _s, _t, table, _p, _scope, rtype, _f = _RTMSG.unpack_from(msg)
+        attrs = _attrs(msg, _RTMSG.size)
+        table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+        if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or RTA_GATEWAY in attrs or RTA_DST not in attrs:
+            continue
+        if RTA_OIF in attrs and struct.unpack("=I", attrs[RTA_OIF])[0] == oif:
+            nets.append(ipaddress.IPv4Network((attrs[RTA_DST], dst_len)))
     return nets
+
+
+def address_prefixes(oif: int) -> list[ipaddress.IPv4Network]:
+    """The IPv4 prefixes of `oif`'s own addresses (what its connected routes cover)."""
+    nets = []
+    for _type, msg in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)):
+        family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(msg)
+        attrs = _attrs(msg, _IFADDRMSG.size)
+        local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if family == socket.AF_INET and index == oif and local:
+            nets.append(ipaddress.IPv4Interface((local, prefixlen)).network)
+    return nets
+
+
+class OnLink:
+    """Is a public IP on-link through `oif`? The interface's addresses answer almost every
+    lease (one tiny dump per batch); only an IP they do not cover costs a dump of the main
+    table, once per check, so a batch never pays for the size of the routing table."""
+
+    def __init__(self, oif: int):
+        self.oif = oif
+        self._own = address_prefixes(oif)
+        self._routes: list[ipaddress.IPv4Network] | None = None
+
+    def __call__(self, ip: str) -> bool:
+        addr = ipaddress.IPv4Address(ip)
+        if any(addr in net for net in self._own):
+            return True
+        return any(addr in net for net in self.prefixes())
+
+    def prefixes(self) -> list[ipaddress.IPv4Network]:
+        """Every connected prefix through `oif` (for error messages); dumped on first use."""
+        if self._routes is None:
+            self._routes = _dump_connected(self.oif)
+        return self._routes
 
 
 def on_link(ip: str, prefixes: list[ipaddress.IPv4Network]) -> bool:

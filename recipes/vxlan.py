@@ -129,10 +129,7 @@ class VxlanHook(_netlink.BatchedRecipe):
             raise TemporaryError(f"vxlan: device {self.device} is missing; restart the daemon "
                                  "so pre_startup recreates it")
         ext = _netlink.ifindex(ctx.iface) if ctx.iface else None
-        prefixes = []
-        if self.direct_routing and ext is not None:
-            with IPRoute() as ipr:
-                prefixes = _netlink.connected_prefixes(ipr, ext)
+        on_link = _netlink.OnLink(ext) if self.direct_routing and ext is not None else None
         failures: dict[str, BaseException] = {}
         with _netlink.Batch(record=ctx.recorded if ctx.dry_run else None) as batch:
             for lease in leases:
@@ -146,7 +143,7 @@ class VxlanHook(_netlink.BatchedRecipe):
                         failures[key] = PermanentError(f"vxlan: {lease.subnet}: {exc}")
                         continue
                     mac = None              # still remove the route and neighbour
-                if op == "replace" and prefixes and _netlink.on_link(lease.public_ip, prefixes):
+                if op == "replace" and on_link is not None and on_link(lease.public_ip):
                     batch.route(op, key, lease.subnet, gateway=lease.public_ip, oif=ext)
                 elif op == "replace":
                     batch.neigh(op, key, dev, sip, mac)

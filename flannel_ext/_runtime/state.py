@@ -6,9 +6,11 @@ that vanished while it was down get SubnetRemove with the data they were added w
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import os
 
 from flannel_ext._util.files import write_atomic
 from flannel_ext._hooks.base import RemoteLease
@@ -35,19 +37,77 @@ def _decode(key: str, item: dict) -> RemoteLease:
         backend_data_raw=item.get("backend_data_raw"), key=key)
 
 
+# A save after every batch or event used to rewrite the whole record: O(leases) per
+# event, quadratic over a 50,000-lease join. Now the first save writes the record, later
+# ones append the difference to `<path>.log` (one JSON line per change), and the record
+# is rewritten (and the log removed) once the log is as long as the record.
+COMPACT_AFTER = 1000            # log lines allowed whatever the record's size
+
+
+class _Saved:
+    def __init__(self, own: str, programmed: dict[str, RemoteLease]):
+        self.own, self.programmed, self.log_lines = own, dict(programmed), 0
+
+
+_saved: dict[str, _Saved] = {}
+
+
+def _log_path(path: str) -> str:
+    return path + ".log"
+
+
 def save(path: str, programmed: dict[str, RemoteLease], *, own: str = "") -> None:
-    doc = {"version": 1, "own": own, "programmed": {k: _encode(v) for k, v in sorted(programmed.items())}}
-    write_atomic(path, json.dumps(doc, indent=1) + "\n")
+    """Record `programmed`: a difference appended to the log, or the whole record."""
+    before = _saved.get(path)
+    if before is None or before.own != own or before.log_lines >= max(COMPACT_AFTER, len(programmed)):
+        _write_record(path, programmed, own)
+        return
+    old = before.programmed
+    lines = [json.dumps({"put": key, "lease": _encode(lease)})
+             for key, lease in programmed.items() if old.get(key) is not lease]
+    lines += [json.dumps({"del": key}) for key in old if key not in programmed]
+    if lines:
+        with open(_log_path(path), "a") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        before.log_lines += len(lines)
+    before.programmed = dict(programmed)
+
+
+def _write_record(path: str, programmed: dict[str, RemoteLease], own: str) -> None:
+    lines = [f"{json.dumps(key)}: {json.dumps(_encode(programmed[key]))}" for key in sorted(programmed)]
+    head = f'{{"version": 1, "own": {json.dumps(own)}, "programmed": {{'
+    write_atomic(path, head + ("\n" if lines else "") + ",\n".join(lines) + "}}\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_log_path(path))       # after the record is in place: a crash between keeps both
+    _saved[path] = _Saved(own, programmed)
 
 
 def load(path: str) -> dict[str, RemoteLease]:
-    """The recorded leases; a missing or corrupt file means nothing recorded (logged)."""
+    """The recorded leases (record + log); a missing or corrupt file means nothing recorded."""
     try:
         with open(path) as handle:
             doc = json.load(handle)
-        return {key: _decode(key, item) for key, item in doc.get("programmed", {}).items()}
+        programmed = {key: _decode(key, item) for key, item in doc.get("programmed", {}).items()}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable state file %s: %s", path, exc)
         return {}
+    try:
+        with open(_log_path(path)) as handle:
+            for line in handle:
+                try:
+                    change = json.loads(line)
+                    if "del" in change:
+                        programmed.pop(change["del"], None)
+                    else:
+                        programmed[change["put"]] = _decode(change["put"], change["lease"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("ignoring a torn line in %s", _log_path(path))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("ignoring unreadable state log %s: %s", _log_path(path), exc)
+    return programmed
