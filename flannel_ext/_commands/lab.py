@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-watch", dest="watch", action="store_false",
                    help="run the daemons without --watch (no hot reload)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per waiting step")
+    p.add_argument("--tune-kernel", action="store_true",
+                   help="raise the neighbour-table limits (gc_thresh*) if the lab needs it; `lab down` "
+                        "restores them")
 
     p = parser("check", "all-pairs pod-to-pod connectivity (TCP + ICMP); non-zero exit on failure", _check)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -80,7 +83,7 @@ def _up(args) -> int:
     from flannel_ext._lab import ops
     report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
                     underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
-                    timeout=args.timeout, out=_out)
+                    timeout=args.timeout, out=_out, tune_kernel=args.tune_kernel)
     return 0 if report.ok else 1
 
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from flannel_ext._util.netns import ip_json, sh
+from flannel_ext._lab import kernel
 from flannel_ext._lab.pods import PORT, listener_alive
 from flannel_ext._lab.probe import Target, probe
 from flannel_ext._lab.state import Lab, Node
@@ -79,15 +80,17 @@ def diagnose(src: _Kernel, dst: _Kernel) -> list[str]:
 def run_check(lab: Lab, timeout: float = 3.0, icmp: bool = True) -> Report:
     pairs = lab.pods()
     targets = [Target(p.name, p.ip) for _, p in pairs]
+    tables = kernel.tables()
     results = probe(targets, PORT, timeout=timeout, icmp=icmp) if len(targets) > 1 else {}
     report = Report([t.name for t in targets], results, {}, icmp)
     if report.failed:
         owner = {p.name: n for n, p in pairs}
         pods = {p.name: p for _, p in pairs}
         kernels = {n.name: _Kernel(n) for n in lab.nodes.values()}
+        full_table = kernel.full_table_hint(tables)
         for src, dst in report.failed:
             a, b = owner[src], owner[dst]
-            hints = []
+            hints = [full_table] if full_table else []
             if not listener_alive(pods[dst]):
                 hints.append(f"the listener in {dst} is not running (pid {pods[dst].listener_pid})")
             if a.name == b.name:

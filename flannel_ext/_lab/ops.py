@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from flannel_ext._util.netns import sh
-from flannel_ext._lab import check, daemons, pods, topology
+from flannel_ext._lab import check, daemons, kernel, pods, topology
 from flannel_ext._lab.state import Lab, LabError, check_name, exists, lab_dir, locked, remove_dir
 
 Out = Callable[[str], None]
@@ -52,15 +52,17 @@ def _preflight(name: str, net_conf: str, cni_path: str) -> str:
 
 def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str | None = None,
        underlay_cidr: str = "192.168.100.0/24", cni_path: str = "/usr/lib/cni", watch: bool = True,
-       timeout: float = 60.0, out: Out = print) -> check.Report:
+       timeout: float = 60.0, out: Out = print, tune_kernel: bool = False) -> check.Report:
     if nodes < 1 or pods_per_node < 0:
         raise LabError("--nodes must be at least 1 and --pods-per-node at least 0")
     net_conf = _preflight(name, net_conf, cni_path)
+    fit = kernel.check_fits(nodes, pods_per_node, net_conf, tune_kernel)
     with locked(name):
         lab = Lab(name=name, net_conf=net_conf, store=store or f"sqlite:{lab_dir(name)}/store.db",
                   underlay_cidr=underlay_cidr, cni_path=cni_path, pods_per_node=pods_per_node,
                   watch=watch)
         lab.save()
+        kernel.tune_for(lab, fit, out)
         steps = _Steps(6, out)
         try:
             report = _up_steps(lab, steps, nodes, pods_per_node, timeout)
@@ -204,6 +206,7 @@ def down(name: str, out: Out = print) -> int:
     names = topology.lab_namespaces(name)
     killed |= _kill_namespace_pids(names)
     topology.delete_namespaces(names)
+    kernel.untune(lab, out)
     had_dir = os.path.isdir(lab_dir(name))
     remove_dir(name)
     if not (killed or names or had_dir):

@@ -81,6 +81,7 @@ class Lab:
     pods_per_node: int = 2
     watch: bool = True
     nodes: dict[str, Node] = field(default_factory=dict)
+    kernel: dict = field(default_factory=dict)   # `--tune-kernel`: {"old": {sysctl: v}, "set": {…}}
 
     # -- paths ------------------------------------------------------------------------
     @property
