@@ -18,6 +18,7 @@ thresholds with room to spare; `apply` writes them and returns the old values, w
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from flannel_ext._config.netconf import load_netconf
 from flannel_ext._lab.state import Lab, LabError
 
 V6_PER_INTERFACE = 4
+INOTIFY = "fs.inotify.max_user_instances"   # per user; 128 by default
+INOTIFY_PER_DAEMON = 2                      # the sqlite store's watch, --watch's hot reload
 
 
 def is_vxlan(net_conf: str) -> bool:
@@ -48,6 +51,7 @@ class Plan:
     needed: dict[str, int]                                  # family -> entries the lab will add
     tables: dict[str, neigh.NeighTable]                     # what the kernel has now
     settings: dict[str, int] = field(default_factory=dict)  # sysctl -> value to write
+    short: list[str] = field(default_factory=list)          # one line per limit the lab exceeds
 
     @property
     def fits(self) -> bool:
@@ -57,12 +61,9 @@ class Plan:
         return "sysctl -w " + " ".join(f"{name}={value}" for name, value in self.settings.items())
 
     def refusal(self, nodes: int) -> str:
-        lines = [f"a {nodes}-node lab does not fit the kernel's neighbour tables "
-                 "(shared by every namespace; past gc_thresh3 the underlay fails with ENOBUFS):"]
-        for family, table in self.tables.items():
-            total = table.entries + self.needed[family]
-            lines.append(f"  {family}: ~{self.needed[family]} entries for the lab + {table.entries} in use = "
-                         f"{total}, gc_thresh3 = {table.thresholds[2]}")
+        lines = [f"a {nodes}-node lab does not fit the kernel's limits (neighbour tables are shared by "
+                 "every namespace; past gc_thresh3 the underlay fails with ENOBUFS):"]
+        lines += [f"  {line}" for line in self.short]
         lines.append(f"raise the limits with `{self.sysctl_command()}`, or pass --tune-kernel to have "
                      "`lab up` set them and `lab down` restore them")
         return "\n".join(lines)
@@ -85,9 +86,44 @@ def plan(nodes: int, pods_per_node: int, vxlan: bool, proc: str = "/proc") -> Pl
         t1, t2, t3 = table.thresholds
         if total <= t3:
             continue
+        result.short.append(f"{family} neighbours: ~{needed[family]} for the lab + {table.entries} in use = "
+                            f"{total}, gc_thresh3 = {t3}")
         for level, (current, wanted) in enumerate(zip((t1, t2, t3), (total, 2 * total, 4 * total)), 1):
             result.settings[neigh.sysctl_name(family, level)] = max(current, _round_up(wanted))
+    _plan_inotify(result, nodes * INOTIFY_PER_DAEMON, proc)
     return result
+
+
+def _plan_inotify(result: Plan, needed: int, proc: str) -> None:
+    """Each daemon holds inotify instances; past the per-user limit the reloader dies."""
+    try:
+        limit = neigh.read_sysctl(INOTIFY, proc)
+    except (OSError, ValueError):
+        return
+    in_use = inotify_in_use(proc)
+    if in_use + needed > limit:
+        result.short.append(f"inotify instances: {needed} for the daemons + {in_use} in use = "
+                            f"{in_use + needed}, {INOTIFY} = {limit}")
+        result.settings[INOTIFY] = _round_up(2 * (in_use + needed), 128)
+
+
+def inotify_in_use(proc: str = "/proc") -> int:
+    """inotify instances open now (every process's fds; the limit is per user, we are root)."""
+    count = 0
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        fd_dir = os.path.join(proc, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                count += os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:inotify"
+            except OSError:
+                pass
+    return count
 
 
 def _round_up(value: int, step: int = 1024) -> int:
@@ -124,7 +160,7 @@ def restore(old: dict[str, int], applied: dict[str, int], proc: str = "/proc") -
 
 def _raise_order(name: str) -> tuple[int, str]:
     """gc_thresh3 before 2 before 1 when raising (the kernel wants thresh1 <= 2 <= 3)."""
-    return (-int(name[-1]), name)
+    return (-int(name[-1]) if name[-1].isdigit() else 0, name)
 
 
 def full_table_hint(before: dict[str, neigh.NeighTable], proc: str = "/proc") -> str | None:
