@@ -90,6 +90,7 @@ class EtcdCluster:
         from etcd_server import EtcdServer
         from flannel_ext._stores.etcd_watch import b64
         self.b64 = b64
+        os.makedirs(os.path.join(workdir, "etcd"))
         self.server = EtcdServer(os.path.join(workdir, "etcd")).start()
         self.url = f"etcd://127.0.0.1:{self.server.client_port}"
         from flannel_ext._stores.etcd import EtcdStore
