@@ -7,7 +7,8 @@ only the errors: the kernel processes a sendmsg's messages in order and acknowle
 failures and the chunk's last message (the one with NLM_F_ACK), so one ACK closes a chunk.
 
 Everything runs in the *current* network namespace: the daemon lives inside the node's.
-Slow one-off work (the vxlan device, dumps) stays with pyroute2's IPRoute.
+One-off work (the vxlan device, its address, dumps) is in `flannel_ext._util.rtnl`,
+re-exported here: importing pyroute2 cost each daemon ~20 MB of RSS.
 """
 from __future__ import annotations
 
@@ -20,18 +21,23 @@ from dataclasses import dataclass
 from collections.abc import Hashable, Iterable, Sequence
 
 from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
+from flannel_ext._util import rtnl
+from flannel_ext._util.rtnl import Link, addr_del, addr_replace, addresses, link_add_vxlan, link_del, \
+    link_get, link_set
+
+__all__ = ["Batch", "BatchedRecipe", "Link", "NetlinkFailure", "OnLink", "addr_del", "addr_replace",
+           "address_prefixes", "addresses", "connected_prefixes", "ifindex", "key_of", "lease_error",
+           "link_add_vxlan", "link_del", "link_get", "link_set", "mac_bytes", "on_link", "raise_failures"]
 
 NETLINK_ROUTE, SOL_NETLINK = 0, 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 26, 28, 29
-RTM_GETADDR = 22
-F_REQUEST, F_ACK, F_REPLACE, F_CREATE, F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
+F_REQUEST, F_ACK, F_REPLACE, F_CREATE = 0x1, 0x4, 0x100, 0x400
 F_CAPPED, F_ACK_TLVS = 0x100, 0x200   # flags of an error reply (echo trimmed / TLVs follow)
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 3, 0, 255, 1
 RTNH_F_ONLINK = 0x4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-IFA_ADDRESS, IFA_LOCAL = 1, 2
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 AF_BRIDGE = 7
@@ -42,7 +48,6 @@ _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 _HDR = struct.Struct("=IHHII")        # nlmsghdr: len, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NDMSG = struct.Struct("=BBHiHBB")    # family, pad, pad, ifindex, state, flags, type
-_IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, ifindex
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -224,41 +229,11 @@ def connected_prefixes(ipr, oif: int) -> list[ipaddress.IPv4Network]:
     return _dump_connected(oif)
 
 
-def _dump(kind: int, body: bytes) -> Iterable[tuple[int, bytes]]:
-    """(type, payload) of each reply to an RTM_GET* dump request in the current namespace."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.send(_HDR.pack(_HDR.size + len(body), kind, F_REQUEST | F_DUMP, 1, 0) + body)
-        while True:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
-                    raise OSError(-code, os.strerror(-code))
-                yield mtype, data[offset + _HDR.size:offset + length]
-                offset += max((length + 3) & ~3, _HDR.size)
-
-
-def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
-    found = {}
-    while offset + 4 <= len(payload):
-        alen, akind = struct.unpack_from("=HH", payload, offset)
-        if alen < 4:
-            break
-        found[akind & 0x3FFF] = payload[offset + 4:offset + alen]
-        offset += (alen + 3) & ~3
-    return found
-
-
 def _dump_connected(oif: int) -> list[ipaddress.IPv4Network]:
     nets = []
-    for _type, msg in _dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+    for _type, msg in rtnl.dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
         family, dst_len, _s, _t, table, _p, _scope, rtype, _f = _RTMSG.unpack_from(msg)
-        attrs = _attrs(msg, _RTMSG.size)
+        attrs = rtnl.parse_attrs(msg, _RTMSG.size)
         table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
         if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or RTA_GATEWAY in attrs or RTA_DST not in attrs:
             continue
@@ -269,14 +244,7 @@ def _dump_connected(oif: int) -> list[ipaddress.IPv4Network]:
 
 def address_prefixes(oif: int) -> list[ipaddress.IPv4Network]:
     """The IPv4 prefixes of `oif`'s own addresses (what its connected routes cover)."""
-    nets = []
-    for _type, msg in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)):
-        family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(msg)
-        attrs = _attrs(msg, _IFADDRMSG.size)
-        local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-        if family == socket.AF_INET and index == oif and local:
-            nets.append(ipaddress.IPv4Interface((local, prefixlen)).network)
-    return nets
+    return [address.network for address in rtnl.addresses(oif)]
 
 
 class OnLink:

@@ -15,13 +15,12 @@ MTU (base MTU, default the interface's; the device gets MTU − 50), DirectRouti
 """
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import re
 from typing import Any
 from collections.abc import Sequence
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from flannel_ext import HookContext, PermanentError, RemoteLease, TemporaryError
 
@@ -67,36 +66,34 @@ class VxlanHook(_netlink.BatchedRecipe):
             ctx.recorded.append({"netlink": f"link ensure {self.device} type vxlan id {self.vni} "
                                  f"dev {ctx.iface} local {ctx.public_ip} mtu {self.mtu(ctx)}"})
             return None
-        with IPRoute() as ipr:
-            return self._ensure_device(ipr, ctx).get("address")
+        return self._ensure_device(ctx).address or None
 
     def post_startup(self, ctx: HookContext) -> None:
         if ctx.dry_run:
             ctx.recorded.append({"netlink": f"addr replace {ctx.subnet.network_address if ctx.subnet else '?'}"
                                  f"/32 dev {self.device}; link set {self.device} up"})
             return
-        with IPRoute() as ipr:
-            index = self._ensure_device(ipr, ctx)["index"]
-            if ctx.subnet is not None:
-                own = str(ctx.subnet.network_address)
-                # Add ours before removing the others: dropping a device's last address
-                # makes the kernel flush every route through it.
-                ipr.addr("replace", index=index, address=own, prefixlen=32)
-                for addr in ipr.addr("dump", index=index, family=2):
-                    if (addr.get("IFA_ADDRESS"), addr["prefixlen"]) != (own, 32):
-                        ipr.addr("del", index=index, address=addr.get("IFA_ADDRESS"),
-                                 prefixlen=addr["prefixlen"])
-            ipr.link("set", index=index, state="up")
+        index = self._ensure_device(ctx).index
+        if ctx.subnet is not None:
+            own = ipaddress.IPv4Interface((ctx.subnet.network_address, 32))
+            # Add ours before removing the others: dropping a device's last address
+            # makes the kernel flush every route through it.
+            _netlink.addr_replace(index, own)
+            for address in _netlink.addresses(index):
+                if address != own:
+                    _netlink.addr_del(index, address)
+        _netlink.link_set(index, up=True)
 
     def shutdown(self, ctx: HookContext) -> None:
         if ctx.dry_run:
             ctx.recorded.append({"netlink": f"link del {self.device}"})
             return
-        with IPRoute() as ipr:
+        link = _netlink.link_get(self.device)
+        if link is not None:
             try:
-                ipr.link("del", ifname=self.device)
-            except NetlinkError as exc:
-                if exc.code != 19:          # ENODEV: already gone
+                _netlink.link_del(link.index)
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:   # already gone
                     raise
 
     def mtu(self, ctx: HookContext) -> int:
@@ -164,55 +161,36 @@ class VxlanHook(_netlink.BatchedRecipe):
         data = lease.data
         return data if isinstance(data, str) and _MAC.match(data) else self.parse_backend_data(lease)
 
-    def _base_mtu(self, ctx: HookContext, ipr: IPRoute | None = None) -> int:
+    def _base_mtu(self, ctx: HookContext) -> int:
         if self.base_mtu:
             return self.base_mtu
-        index = _netlink.ifindex(ctx.iface) if ctx.iface else None
-        if index is None:
-            return ctx.iface_mtu
-        if ipr is None:
-            with IPRoute() as own:
-                return own.link("get", index=index)[0].get("mtu")
-        return ipr.link("get", index=index)[0].get("mtu")
+        link = _netlink.link_get(ctx.iface) if ctx.iface else None
+        return link.mtu if link is not None else ctx.iface_mtu
 
-    def _ensure_device(self, ipr: IPRoute, ctx: HookContext):
+    def _ensure_device(self, ctx: HookContext) -> _netlink.Link:
         """The vxlan device as configured: reused if it matches, else (re)created."""
         link_index = _netlink.ifindex(ctx.iface) if ctx.iface else None
         if link_index is None:
             raise PermanentError(f"vxlan: external interface {ctx.iface!r} not found; "
                                  "start the daemon with --iface set to the underlay interface")
-        link = _get_link(ipr, self.device)
+        link = _netlink.link_get(self.device)
         if link is not None:
-            data = link.get("IFLA_LINKINFO").get("IFLA_INFO_DATA") \
-                if link.get("IFLA_LINKINFO").get("IFLA_INFO_KIND") == "vxlan" else None
+            data = link.vxlan if link.kind == "vxlan" else None
             wanted = (self.vni, link_index, self.port or KERNEL_DEFAULT_PORT, 0)
-            if data is None or wanted != (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LINK"),
-                                          data.get("IFLA_VXLAN_PORT"), data.get("IFLA_VXLAN_LEARNING")):
+            if data is None or wanted != (data.get("id"), data.get("link"), data.get("port"), data.get("learning")):
                 ctx.log.info("vxlan: %s does not match the configuration; recreating it", self.device)
-                ipr.link("del", index=link["index"])
+                _netlink.link_del(link.index)
                 link = None
-            elif ctx.public_ip and data.get("IFLA_VXLAN_LOCAL") != ctx.public_ip:
+            elif ctx.public_ip and data.get("local") != ctx.public_ip:
                 # The kernel changes `local` in place, which keeps the advertised MAC.
-                ipr.link("set", index=link["index"], kind="vxlan", vxlan_local=ctx.public_ip)
+                _netlink.link_set(link.index, vxlan_local=ctx.public_ip)
         if link is None:
-            spec = dict(ifname=self.device, kind="vxlan", vxlan_id=self.vni, vxlan_link=link_index,
-                        vxlan_learning=0)
-            if ctx.public_ip:
-                spec["vxlan_local"] = ctx.public_ip
-            if self.port:
-                spec["vxlan_port"] = self.port
-            ipr.link("add", **spec)
-            link = _get_link(ipr, self.device)
-        mtu = self._base_mtu(ctx, ipr) - VXLAN_OVERHEAD
-        if link.get("mtu") != mtu:
-            ipr.link("set", index=link["index"], mtu=mtu)
+            _netlink.link_add_vxlan(self.device, self.vni, link_index, ctx.public_ip or None, self.port or None)
+            link = _netlink.link_get(self.device)
+            if link is None:
+                raise TemporaryError(f"vxlan: {self.device} vanished right after it was created")
+        mtu = self._base_mtu(ctx) - VXLAN_OVERHEAD
+        if link.mtu != mtu:
+            _netlink.link_set(link.index, mtu=mtu)
+            link.mtu = mtu
         return link
-
-
-def _get_link(ipr: IPRoute, name: str):
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code == 19:                  # ENODEV
-            return None
-        raise

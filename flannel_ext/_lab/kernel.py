@@ -88,7 +88,7 @@ def plan(nodes: int, pods_per_node: int, vxlan: bool, proc: str = "/proc") -> Pl
             continue
         result.short.append(f"{family} neighbours: ~{needed[family]} for the lab + {table.entries} in use = "
                             f"{total}, gc_thresh3 = {t3}")
-        for level, (current, wanted) in enumerate(zip((t1, t2, t3), (total, 2 * total, 4 * total)), 1):
+        for level, (current, wanted) in enumerate(zip((t1, t2, t3), (total, 2 * total, 4 * total), strict=True), 1):
             result.settings[neigh.sysctl_name(family, level)] = max(current, _round_up(wanted))
     _plan_inotify(result, nodes * INOTIFY_PER_DAEMON, proc)
     return result

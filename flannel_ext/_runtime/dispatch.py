@@ -184,7 +184,7 @@ class Dispatcher:
         for key in list(self._ready):
             slot = self.slots.get(key)
             step = slot.next_step() if slot is not None else None
-            if step is None or slot.gave_up:
+            if slot is None or step is None or slot.gave_up:
                 self._ready.discard(key)
                 continue
             if slot.in_flight:

@@ -83,7 +83,7 @@ def test_a_failed_up_still_restores_on_down(netns_prefix, tmp_path, monkeypatch,
     # A Python hook that does not exist: every daemon exits before writing subnet.env.
     conf = _conf(tmp_path, {"Type": "extension", "Hook": "no_such_recipe_xyz"})
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(ops.LabError, match="exited before writing subnet.env"):
             ops.up(name, 2, 1, conf, tune_kernel=True, timeout=20, out=lambda _: None)
         assert {n: neigh.read_sysctl(n) for n in NAMES} == bumped_plan
     finally:

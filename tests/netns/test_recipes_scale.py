@@ -23,7 +23,7 @@ BATCH = 1024
 def lease(i: int) -> dict:
     """Remote node i: a /24 in 10.0.0.0/8 and a public IP on the 172.16.0.0/12 underlay."""
     return {"subnet": f"10.{i >> 8}.{i & 255}.0/24", "public_ip": str(ipaddress.IPv4Address("172.18.0.0") + i),
-            "mac": "02:00:%02x:%02x:00:01" % (i >> 8, i & 255)}
+            "mac": f"02:00:{i >> 8:02x}:{i & 255:02x}:00:01"}
 
 
 def _child(plan: dict) -> list:
@@ -97,7 +97,8 @@ def test_vxlan_batches_program_every_route_neighbour_and_fdb_entry(node):
     routes = {(r["dst"], r["gateway"]) for r in ip_json(node, "ip", "route", "show", "dev", "flannel.1")
               if "gateway" in r}
     assert routes == {(s, s.split("/")[0]) for s, _, _ in want}
-    neigh = {(n["dst"], n["lladdr"]) for n in ip_json(node, "ip", "neigh", "show", "dev", "flannel.1", "nud", "permanent")}
+    neigh = {(n["dst"], n["lladdr"])
+             for n in ip_json(node, "ip", "neigh", "show", "dev", "flannel.1", "nud", "permanent")}
     assert neigh == {(s.split("/")[0], mac) for s, _, mac in want}
     fdb = {(f["mac"], f["dst"]) for f in ip_json(node, "bridge", "fdb", "show", "dev", "flannel.1") if f.get("dst")}
     assert fdb == {(mac, ip) for _, ip, mac in want}

@@ -16,7 +16,7 @@ def fake_proc(root, *, thresholds=(128, 512, 1024), entries=(6, 60), fulls=(0, 0
     for family, used, full in (("ipv4", entries[0], fulls[0]), ("ipv6", entries[1], fulls[1])):
         d = root / "sys" / "net" / family / "neigh" / "default"
         d.mkdir(parents=True, exist_ok=True)
-        for level, value in zip((1, 2, 3), thresholds):
+        for level, value in zip((1, 2, 3), thresholds, strict=True):
             (d / f"gc_thresh{level}").write_text(f"{value}\n")
         stat = root / "net" / "stat"
         stat.mkdir(parents=True, exist_ok=True)
