@@ -9,6 +9,8 @@
   dst <public IP> self permanent``, ``route replace <subnet> via <subnet IP> onlink``; with
   DirectRouting and an on-link public IP, only ``route replace <subnet> via <public IP>``.
 * shutdown: deletes the device (flannel never tears down; flannel-ext's ShutdownCommand does).
+* warns once when its peers' neighbour entries (2 per peer) reach 75% of the kernel's
+  ``net.ipv4.neigh.default.gc_thresh3`` (Documentation/lab.md, "The neighbour table").
 
 Options (Backend keys, case-insensitive): VNI (1), Port (0 = kernel default 8472),
 MTU (base MTU, default the interface's; the device gets MTU − 50), DirectRouting (false).
@@ -28,6 +30,7 @@ from flannel_ext import netlink as _netlink
 
 VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 KERNEL_DEFAULT_PORT = 8472
+NEIGH_WARN_AT = 0.75         # share of gc_thresh3 the peers' neighbour entries may reach quietly
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -59,6 +62,8 @@ class VxlanHook(_netlink.BatchedRecipe):
         if not 0 <= self.port < 1 << 16:
             raise ValueError(f"Port must be between 0 and 65535, got {self.port}")
         self.device = f"flannel.{self.vni}"
+        self._peers: set[str] = set()       # leases programmed, for the neighbour-table warning
+        self._warned = False
 
     # --- lifecycle -----------------------------------------------------------------
     def pre_startup(self, ctx: HookContext) -> str | None:
@@ -155,7 +160,32 @@ class VxlanHook(_netlink.BatchedRecipe):
                         batch.fdb(op, key, dev, mac, lease.public_ip)
             for key, errors in batch.commit().items():
                 failures[key] = _netlink.lease_error(errors)
+        if not ctx.dry_run:
+            self._count_peers(op, leases, failures, ctx)
         _netlink.raise_failures(failures, leases)
+
+    def _count_peers(self, op: str, leases: Sequence[RemoteLease], failures: dict, ctx: HookContext) -> None:
+        """Warn once when the peers' neighbour entries near the kernel's gc_thresh3: each
+        peer costs a VTEP neighbour and an underlay ARP entry, and past the limit the
+        kernel refuses new ones (traffic to new peers fails with ENOBUFS)."""
+        keys = {_netlink.key_of(lease) for lease in leases} - set(failures)
+        if op == "replace":
+            self._peers |= keys
+        else:
+            self._peers -= keys
+        if self._warned or op != "replace":
+            return
+        table = _netlink.neigh_table("ipv4")     # None inside a child namespace (a lab node)
+        needed = 2 * len(self._peers)
+        if table is not None and needed >= NEIGH_WARN_AT * table.thresholds[2]:
+            self._warned = True
+            ctx.log.warning(
+                "vxlan: %d peers need ~%d neighbour entries (a VTEP neighbour and an underlay ARP entry "
+                "each), near net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
+                "refuses new entries and traffic to new peers fails: raise it, e.g. sysctl -w "
+                "net.ipv4.neigh.default.gc_thresh1=%d net.ipv4.neigh.default.gc_thresh2=%d "
+                "net.ipv4.neigh.default.gc_thresh3=%d", len(self._peers), needed, table.thresholds[2],
+                table.entries, 2 * needed, 4 * needed, 8 * needed)
 
     def _mac(self, lease: RemoteLease) -> str:
         data = lease.data
