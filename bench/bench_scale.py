@@ -41,6 +41,7 @@ from flannel_ext._util.netns import Underlay, create_netns, delete_netns, sh  # 
 
 NETWORK, UNDERLAY, OWN_IP = "10.0.0.0/8", "172.16.0.0/12", "172.16.0.1"
 DEV = "flannel.1"
+BATCH = 1024                 # the dispatcher's batch size
 PREFIX = "/coreos.com/network/subnets/"
 
 
@@ -50,7 +51,7 @@ def lease_entry(i: int) -> tuple[str, str, str, str]:
     a, b = (i >> 8) & 255, i & 255
     subnet = f"10.{a}.{b}.0/24" if i < 65536 else ""
     public = str(ipaddress.IPv4Address("172.18.0.0") + i)
-    mac = "02:%02x:%02x:%02x:00:01" % (i >> 16 & 255, i >> 8 & 255, i & 255)
+    mac = f"02:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}:00:01"
     return subnet.replace("/", "-"), subnet, public, mac
 
 
@@ -135,7 +136,8 @@ def floor_lines(recipe: str, first: int, last: int) -> tuple[list[str], list[str
 
 
 def scratch_node(ns: str, recipe: str) -> None:
-    """A namespace shaped like a node: eth0 on the underlay (a bridge: no dummy module here) and, for vxlan, flannel.1."""
+    """A namespace shaped like a node: eth0 on the underlay (a bridge: no dummy module
+    here) and, for vxlan, flannel.1."""
     create_netns(ns)
     sh(["ip", "-n", ns, "link", "add", "eth0", "type", "bridge"])
     sh(["ip", "-n", ns, "addr", "add", f"{OWN_IP}/12", "dev", "eth0"])
@@ -152,24 +154,32 @@ def cpu_of_children() -> float:
     return usage.children_user + usage.children_system
 
 
-def floor(recipe: str, n: int, workdir: str, ns: str) -> tuple[float, float]:
-    """(wall, CPU) seconds to load the entries with iproute2 into a fresh node-like namespace.
+def floor(recipe: str, n: int, workdir: str, ns: str) -> tuple[float, float, list[float]]:
+    """(wall, CPU, per-batch wall) seconds to load the entries with iproute2 into a fresh
+    node-like namespace, in the daemon's batches of 1,024 leases.
 
     The batch files are written first and `ip -n` enters the namespace itself: the measured
     processes do nothing but parse and send (no Python, no pipe, no `ip netns exec`)."""
     scratch_node(ns, recipe)
     try:
-        ip_lines, fdb_lines = floor_lines(recipe, 1, n)
         runs = []
-        for tool, lines in (("ip", ip_lines), ("bridge", fdb_lines)):
-            if lines:
-                path = os.path.join(workdir, f"floor.{tool}")
-                Path(path).write_text("\n".join(lines) + "\n")
-                runs.append([tool, "-n", ns, "-batch", path])
-        cpu0, start = cpu_of_children(), time.perf_counter()
-        for argv in runs:
-            subprocess.run(argv, check=True)
-        return time.perf_counter() - start, cpu_of_children() - cpu0
+        for first in range(1, n + 1, BATCH):
+            ip_lines, fdb_lines = floor_lines(recipe, first, min(n, first + BATCH - 1))
+            batch = []
+            for tool, lines in (("ip", ip_lines), ("bridge", fdb_lines)):
+                if lines:
+                    path = os.path.join(workdir, f"floor.{first}.{tool}")
+                    Path(path).write_text("\n".join(lines) + "\n")
+                    batch.append([tool, "-n", ns, "-batch", path])
+            runs.append(batch)
+        walls = []
+        cpu0 = cpu_of_children()
+        for batch in runs:
+            start = time.perf_counter()
+            for argv in batch:
+                subprocess.run(argv, check=True)
+            walls.append(time.perf_counter() - start)
+        return sum(walls), cpu_of_children() - cpu0, walls
     finally:
         delete_netns(ns)
 
@@ -280,6 +290,7 @@ class Result:
     join_cpu: float = 0.0
     floor: float = 0.0
     floor_cpu: float = 0.0
+    floor_batches: list = field(default_factory=list)
     batches: list = field(default_factory=list)
     rss_idle_kb: int = 0
     add_ms: list = field(default_factory=list)
@@ -288,7 +299,7 @@ class Result:
 
 def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, floor_ns: str) -> Result:
     result = Result(store_name, recipe, n)
-    result.floor, result.floor_cpu = floor(recipe, n, workdir, floor_ns)
+    result.floor, result.floor_cpu, result.floor_batches = floor(recipe, n, workdir, floor_ns)
     cluster = STORES[store_name](workdir)
     daemon = Daemon(workdir, recipe, cluster.url)
     try:
@@ -323,8 +334,8 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
                                          str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
-        own = next(str(ipaddress.ip_network(line.split("=", 1)[1], strict=False)) for line in daemon.subnet_file.read_text().splitlines()
-                   if line.startswith("FLANNEL_SUBNET="))
+        env = dict(line.split("=", 1) for line in daemon.subnet_file.read_text().splitlines() if "=" in line)
+        own = str(ipaddress.ip_network(env["FLANNEL_SUBNET"], strict=False))
         for i in [i for i in range(n + 1, n + 2 + events) if lease_entry(i)[1] != own][:events]:
             for op, lat, hook in (("put", result.add_ms, "SubnetAddCommand"),
                                   ("delete", result.remove_ms, "SubnetRemoveCommand")):
@@ -368,13 +379,16 @@ def inner(args) -> None:
 def report(results: list[Result]) -> None:
     print(f"\nJoin, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end)\n")
     print("| store | recipe | N | start-up s | join s | floor s | × floor | join CPU s | floor CPU s | "
-          "first / last batch ms | RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "first / last batch ms | floor first / last ms | RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        full = [d for size, d in r.batches if size >= 512]
+        full = [d for size, d in r.batches if size >= BATCH // 2]
         spread = f"{full[0] * 1e3:.0f} / {full[-1] * 1e3:.0f}" if len(full) > 1 else "-"
+        fb = r.floor_batches
+        floor_spread = f"{fb[0] * 1e3:.0f} / {fb[-1] * 1e3:.0f}" if len(fb) > 1 else "-"
         print(f"| {r.store} | {r.recipe} | {r.n} | {r.startup:.2f} | {r.join:.3f} | {r.floor:.3f} | "
-              f"{r.join / r.floor:.1f} | {r.join_cpu:.2f} | {r.floor_cpu:.2f} | {spread} | {r.rss_idle_kb / 1024:.1f} |")
+              f"{r.join / r.floor:.1f} | {r.join_cpu:.2f} | {r.floor_cpu:.2f} | {spread} | {floor_spread} | "
+              f"{r.rss_idle_kb / 1024:.1f} |")
     print("\nOne lease added / removed in a running cluster of N (store write → trace line)\n")
     print("| store | recipe | N | add p50 ms | add p99 ms | remove p50 ms | remove p99 ms |")
     print("|---|---|---:|---:|---:|---:|---:|")
