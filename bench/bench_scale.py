@@ -91,8 +91,15 @@ class EtcdCluster:
         from etcd_server import EtcdServer
         from flannel_ext._stores.etcd_watch import b64
         self.b64 = b64
-        os.makedirs(os.path.join(workdir, "etcd"))
-        self.server = EtcdServer(os.path.join(workdir, "etcd")).start()
+        for attempt in range(3):          # a free port can be taken before etcd binds it
+            data = os.path.join(workdir, f"etcd{attempt}")
+            os.makedirs(data)
+            try:
+                self.server = EtcdServer(data).start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
         self.url = f"etcd://127.0.0.1:{self.server.client_port}"
         from flannel_ext._stores.etcd import EtcdStore
         self.gateway = EtcdStore.from_url(self.url).gateway
