@@ -9,7 +9,7 @@
   dst <public IP> self permanent``, ``route replace <subnet> via <subnet IP> onlink``; with
   DirectRouting and an on-link public IP, only ``route replace <subnet> via <public IP>``.
 * shutdown: deletes the device (flannel never tears down; flannel-ext's ShutdownCommand does).
-* warns once when its peers' neighbour entries (2 per peer) reach 75% of the kernel's
+* warns once when its peers' underlay ARP entries (1 per peer) reach 75% of the kernel's
   ``net.ipv4.neigh.default.gc_thresh3`` (Documentation/lab.md, "The neighbour table").
 
 Options (Backend keys, case-insensitive): VNI (1), Port (0 = kernel default 8472),
@@ -166,8 +166,9 @@ class VxlanHook(_netlink.BatchedRecipe):
 
     def _count_peers(self, op: str, leases: Sequence[RemoteLease], failures: dict, ctx: HookContext) -> None:
         """Warn once when the peers' neighbour entries near the kernel's gc_thresh3: each
-        peer costs a VTEP neighbour and an underlay ARP entry, and past the limit the
-        kernel refuses new ones (traffic to new peers fails with ENOBUFS)."""
+        peer costs an underlay ARP entry (its VTEP neighbour is permanent, which the limit
+        does not count), and past the limit the kernel refuses new ones (traffic to new
+        peers fails with ENOBUFS)."""
         keys = {_netlink.key_of(lease) for lease in leases} - set(failures)
         if op == "replace":
             self._peers |= keys
@@ -176,12 +177,12 @@ class VxlanHook(_netlink.BatchedRecipe):
         if self._warned or op != "replace":
             return
         table = _netlink.neigh_table("ipv4")     # None inside a child namespace (a lab node)
-        needed = 2 * len(self._peers)
+        needed = len(self._peers)
         if table is not None and needed >= NEIGH_WARN_AT * table.thresholds[2]:
             self._warned = True
             ctx.log.warning(
-                "vxlan: %d peers need ~%d neighbour entries (a VTEP neighbour and an underlay ARP entry "
-                "each), near net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
+                "vxlan: %d peers need ~%d neighbour entries (an underlay ARP entry each), near "
+                "net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
                 "refuses new entries and traffic to new peers fails: raise it, e.g. sysctl -w "
                 "net.ipv4.neigh.default.gc_thresh1=%d net.ipv4.neigh.default.gc_thresh2=%d "
                 "net.ipv4.neigh.default.gc_thresh3=%d", len(self._peers), needed, table.thresholds[2],

@@ -11,12 +11,14 @@ HEADER = ("entries  allocs   destroys hash_grows lookups  hits     res_failed rc
           "rcv_probes_ucast periodic_gc_runs forced_gc_runs unresolved_discards table_fulls")
 
 
-def fake_proc(root, *, thresholds=(128, 512, 1024), entries=(6, 60), fulls=(0, 0), inotify=128):
+def fake_proc(root, *, thresholds=(128, 512, 1024), v6_thresholds=None, entries=(6, 60), fulls=(0, 0),
+              inotify=128):
     """A /proc with the files the pre-check reads (two CPU rows per stat file)."""
     for family, used, full in (("ipv4", entries[0], fulls[0]), ("ipv6", entries[1], fulls[1])):
         d = root / "sys" / "net" / family / "neigh" / "default"
         d.mkdir(parents=True, exist_ok=True)
-        for level, value in zip((1, 2, 3), thresholds, strict=True):
+        limits = v6_thresholds if family == "ipv6" and v6_thresholds else thresholds
+        for level, value in zip((1, 2, 3), limits, strict=True):
             (d / f"gc_thresh{level}").write_text(f"{value}\n")
         stat = root / "net" / "stat"
         stat.mkdir(parents=True, exist_ok=True)
@@ -30,10 +32,11 @@ def fake_proc(root, *, thresholds=(128, 512, 1024), entries=(6, 60), fulls=(0, 0
     return str(root)
 
 
-def test_estimate_counts_underlay_vxlan_and_pod_entries():
-    # vxlan, 100 nodes x 1 pod: 99 underlay ARP + 99 VTEP neighbours + 1 pod, and the pod's gateway.
-    assert kernel.estimate(100, 1, vxlan=True) == {"ipv4": 100 * (99 * 2 + 1 + 1), "ipv6": 100 * 6 * 4}
-    assert kernel.estimate(3, 2, vxlan=False)["ipv4"] == 3 * (2 + 2 + 4)
+def test_estimate_counts_underlay_and_pod_entries_not_permanent_vteps():
+    # 100 nodes x 1 pod: 99 underlay ARP + 1 pod, and the pod's gateway; the VTEP
+    # neighbours are permanent, which gc_thresh3 does not count.
+    assert kernel.estimate(100, 1, vxlan=True) == {"ipv4": 100 * (99 + 1 + 1), "ipv6": 100 * 6 * 4}
+    assert kernel.estimate(3, 2, vxlan=False) == {"ipv4": 3 * (2 + 2 + 4), "ipv6": 3 * 7 * 4}
 
 
 def test_read_table_sums_table_fulls_over_cpus(tmp_path):
@@ -48,32 +51,36 @@ def test_a_big_vxlan_lab_is_refused_with_the_exact_sysctl_settings(tmp_path):
     with pytest.raises(LabError) as exc:
         kernel.check_fits(100, 1, _vxlan_conf(tmp_path), tune=False, proc=proc)
     text = str(exc.value)
-    assert "ipv4 neighbours: ~20000 for the lab + 6 in use = 20006, gc_thresh3 = 1024" in text
+    assert "ipv4 neighbours: ~10100 for the lab (6 in use, permanent ones included), gc_thresh3 = 1024" in text
     assert "inotify instances: 200 for the daemons + 0 in use = 200, fs.inotify.max_user_instances = 128" in text
-    assert ("sysctl -w net.ipv4.neigh.default.gc_thresh1=20480 net.ipv4.neigh.default.gc_thresh2=40960 "
-            "net.ipv4.neigh.default.gc_thresh3=80896 net.ipv6.neigh.default.gc_thresh1=3072 "
+    assert ("sysctl -w net.ipv4.neigh.default.gc_thresh1=10240 net.ipv4.neigh.default.gc_thresh2=20480 "
+            "net.ipv4.neigh.default.gc_thresh3=40960 net.ipv6.neigh.default.gc_thresh1=3072 "
             "net.ipv6.neigh.default.gc_thresh2=5120 net.ipv6.neigh.default.gc_thresh3=10240 "
             "fs.inotify.max_user_instances=512") in text
     assert "--tune-kernel" in text
 
 
-def test_a_small_lab_fits_unless_the_table_is_already_nearly_full(tmp_path):
-    proc = fake_proc(tmp_path)
-    assert kernel.check_fits(3, 2, _vxlan_conf(tmp_path), tune=False, proc=proc).fits
-    proc = fake_proc(tmp_path, entries=(1000, 60))
-    result = kernel.plan(3, 2, vxlan=True, proc=proc)
-    assert not result.fits and result.settings["net.ipv4.neigh.default.gc_thresh3"] == 5120
-    assert "net.ipv6.neigh.default.gc_thresh3" not in result.settings
+def test_a_small_lab_fits_even_beside_many_permanent_entries(tmp_path):
+    # A big vxlan node elsewhere holds 50,000 permanent neighbours: they do not count.
+    proc = fake_proc(tmp_path, entries=(50000, 60))
+    assert kernel.check_fits(10, 2, _vxlan_conf(tmp_path), tune=False, proc=proc).fits
+    # 3/4 of gc_thresh3 is the lab's share: 30 nodes x 1 pod make 930 > 768.
+    result = kernel.plan(30, 1, vxlan=True, proc=proc)
+    assert list(result.settings) == ["net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
+                                     "net.ipv4.neigh.default.gc_thresh3"]
+    assert result.settings["net.ipv4.neigh.default.gc_thresh1"] == 51200     # the estimate + in use
 
 
 def test_no_readable_limits_means_no_refusal(tmp_path):
     assert kernel.plan(100, 1, vxlan=True, proc=str(tmp_path / "empty")).fits
 
 
-def test_host_gw_needs_half_the_ipv4_entries_of_vxlan(tmp_path):
-    proc = fake_proc(tmp_path, thresholds=(128, 512, 12000), inotify=1024)
-    assert kernel.plan(100, 1, vxlan=False, proc=proc).short == []
-    assert not kernel.plan(100, 1, vxlan=True, proc=proc).fits
+def test_vxlan_needs_one_more_ipv6_interface_than_host_gw(tmp_path):
+    proc = fake_proc(tmp_path, thresholds=(128, 512, 14000), v6_thresholds=(128, 512, 3000), inotify=1024)
+    assert kernel.plan(100, 1, vxlan=False, proc=proc).fits                  # ipv6: 2000 <= 2250
+    assert list(kernel.plan(100, 1, vxlan=True, proc=proc).settings) == [    # ipv6: 2400 > 2250
+        "net.ipv6.neigh.default.gc_thresh1", "net.ipv6.neigh.default.gc_thresh2", "net.ipv6.neigh.default.gc_thresh3"]
+
 
 
 def test_tune_applies_and_restore_gives_back_only_what_is_still_ours(tmp_path):
@@ -81,7 +88,7 @@ def test_tune_applies_and_restore_gives_back_only_what_is_still_ours(tmp_path):
     result = kernel.plan(100, 1, vxlan=True, proc=proc)
     old = kernel.apply(result.settings, proc)
     assert old["net.ipv4.neigh.default.gc_thresh3"] == 1024
-    assert neigh.read_table("ipv4", proc).thresholds == (20480, 40960, 80896)
+    assert neigh.read_table("ipv4", proc).thresholds == (10240, 20480, 40960)
     # Someone else changed ipv6 gc_thresh3 meanwhile: theirs stays.
     neigh.write_sysctl("net.ipv6.neigh.default.gc_thresh3", 99999, proc)
     done = kernel.restore(old, result.settings, proc)
@@ -103,10 +110,10 @@ def test_a_failed_apply_undoes_what_it_wrote(tmp_path):
 
 
 def test_hint_names_a_full_table(tmp_path):
-    proc = fake_proc(tmp_path, entries=(700, 60))
+    proc = fake_proc(tmp_path, entries=(700, 60), fulls=(5, 0))
     before = kernel.tables(proc)
-    assert kernel.full_table_hint(before, proc) is None
-    fake_proc(tmp_path, entries=(1024, 60), fulls=(3000, 0))
+    assert kernel.full_table_hint(before, proc) is None          # old table_fulls are not news
+    fake_proc(tmp_path, entries=(1024, 60), fulls=(3005, 0))
     hint = kernel.full_table_hint(before, proc)
     assert hint.startswith("the kernel's ipv4 neighbour table is full (1024 entries, gc_thresh3 = 1024, "
                            "table_fulls +3000 during this check")

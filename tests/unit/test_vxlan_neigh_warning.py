@@ -1,4 +1,4 @@
-"""The vxlan recipe warns once when its peers' neighbour entries near gc_thresh3."""
+"""The vxlan recipe warns once when its peers' underlay ARP entries near gc_thresh3."""
 from __future__ import annotations
 
 import ipaddress
@@ -15,20 +15,20 @@ def _leases(first: int, last: int) -> list[RemoteLease]:
 
 
 def test_warns_once_past_three_quarters_of_gc_thresh3(monkeypatch, caplog, tmp_path):
-    monkeypatch.setattr(netlink, "neigh_table", lambda family: netlink.NeighTable(family, (16, 32, 100), 50, 0))
+    monkeypatch.setattr(netlink, "neigh_table", lambda family: netlink.NeighTable(family, (16, 32, 50), 50, 0))
     hook = load_python_hook("vxlan", {})
     ctx = HookContext(network=ipaddress.IPv4Network("10.0.0.0/16"), options={}, log=logging.getLogger("t"),
                       state_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        hook._count_peers("replace", _leases(1, 30), {}, ctx)         # 60 entries: quiet
+        hook._count_peers("replace", _leases(1, 30), {}, ctx)         # 30 ARP entries: quiet
         assert not caplog.records
         hook._count_peers("replace", _leases(31, 40), {"10.0.40.0-24": Exception()}, ctx)
-        assert len(caplog.records) == 1                               # 39 peers: 78 >= 75
+        assert len(caplog.records) == 1                               # 39 peers: 39 >= 37.5
         hook._count_peers("replace", _leases(41, 45), {}, ctx)
     [record] = caplog.records
-    assert "39 peers need ~78 neighbour entries" in record.getMessage()
-    assert "net.ipv4.neigh.default.gc_thresh3 = 100" in record.getMessage()
-    assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=156" in record.getMessage()
+    assert "39 peers need ~39 neighbour entries" in record.getMessage()
+    assert "net.ipv4.neigh.default.gc_thresh3 = 50" in record.getMessage()
+    assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=78" in record.getMessage()
 
 
 def test_removals_count_down(monkeypatch, tmp_path):
