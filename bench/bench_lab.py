@@ -135,8 +135,7 @@ def main() -> int:
             print(f"  {n:>2} nodes: {wall:5.2f}s  ({steps_of(out)}); daemon RSS median "
                   f"{statistics.median(rss):.1f} MB, max {rss[-1]:.1f} MB", flush=True)
         rows.append((f"lab up + full matrix, {n} nodes x {args.pods_per_node} pods ({pathlib.Path(args.recipe).name})",
-                     statistics.median(walls), max(walls), 5.0 if n <= 3 else 15.0 if n <= 10 else
-                     90.0 if n <= 100 else None))
+                     statistics.median(walls), max(walls), {3: 5.0, 10: 15.0, 100: 90.0}.get(n)))
     programmed, matrix = [], []
     for _ in range(args.repeat if args.reload else 0):
         with tempfile.TemporaryDirectory() as tmp:
