@@ -19,6 +19,9 @@ node namespace's loopback:
 
     sudo python3 bench/bench_scale.py [--sizes 10,1000,10000] [--stores sqlite,etcd]
         [--recipes host-gw,vxlan] [--events 30] [--json results.json]
+
+With ``BENCH_PROFILE=FILE`` (and py-spy installed) the steady-state phase is sampled into
+FILE (py-spy's raw, collapsed-stack format).
 """
 from __future__ import annotations
 
