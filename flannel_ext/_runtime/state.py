@@ -40,13 +40,16 @@ def _decode(key: str, item: dict) -> RemoteLease:
 # A save after every batch or event used to rewrite the whole record: O(leases) per
 # event, quadratic over a 50,000-lease join. Now the first save writes the record, later
 # ones append the difference to `<path>.log` (one JSON line per change), and the record
-# is rewritten (and the log removed) once the log is as long as the record.
+# is rewritten (and the log removed) once the log is as long as the record. Each record
+# names its log generation and each log line carries it, so the lines of an older record
+# (a crash between the rewrite and the log's removal) are never replayed onto a newer one.
 COMPACT_AFTER = 1000            # log lines allowed whatever the record's size
 
 
 class _Saved:
-    def __init__(self, own: str, programmed: dict[str, RemoteLease]):
+    def __init__(self, own: str, programmed: dict[str, RemoteLease], generation: str):
         self.own, self.programmed, self.log_lines = own, dict(programmed), 0
+        self.generation = generation
 
 
 _saved: dict[str, _Saved] = {}
@@ -63,9 +66,10 @@ def save(path: str, programmed: dict[str, RemoteLease], *, own: str = "") -> Non
         _write_record(path, programmed, own)
         return
     old = before.programmed
-    lines = [json.dumps({"put": key, "lease": _encode(lease)})
+    gen = before.generation
+    lines = [json.dumps({"gen": gen, "put": key, "lease": _encode(lease)})
              for key, lease in programmed.items() if old.get(key) is not lease]
-    lines += [json.dumps({"del": key}) for key in old if key not in programmed]
+    lines += [json.dumps({"gen": gen, "del": key}) for key in old if key not in programmed]
     if lines:
         with open(_log_path(path), "a") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -76,12 +80,13 @@ def save(path: str, programmed: dict[str, RemoteLease], *, own: str = "") -> Non
 
 
 def _write_record(path: str, programmed: dict[str, RemoteLease], own: str) -> None:
+    generation = os.urandom(6).hex()
     lines = [f"{json.dumps(key)}: {json.dumps(_encode(programmed[key]))}" for key in sorted(programmed)]
-    head = f'{{"version": 1, "own": {json.dumps(own)}, "programmed": {{'
+    head = f'{{"version": 1, "own": {json.dumps(own)}, "log": "{generation}", "programmed": {{'
     write_atomic(path, head + ("\n" if lines else "") + ",\n".join(lines) + "}}\n")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_log_path(path))       # after the record is in place: a crash between keeps both
-    _saved[path] = _Saved(own, programmed)
+        os.unlink(_log_path(path))       # after the record is in place; a stale log is ignored
+    _saved[path] = _Saved(own, programmed, generation)
 
 
 def load(path: str) -> dict[str, RemoteLease]:
@@ -90,6 +95,7 @@ def load(path: str) -> dict[str, RemoteLease]:
         with open(path) as handle:
             doc = json.load(handle)
         programmed = {key: _decode(key, item) for key, item in doc.get("programmed", {}).items()}
+        generation = doc.get("log")
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -100,6 +106,8 @@ def load(path: str) -> dict[str, RemoteLease]:
             for line in handle:
                 try:
                     change = json.loads(line)
+                    if change.get("gen") != generation:
+                        continue                  # an older record's log, already in this one
                     if "del" in change:
                         programmed.pop(change["del"], None)
                     else:
