@@ -1,6 +1,10 @@
 """Lab figures: `lab up` + full matrix wall time, and edit → every node reprogrammed.
 
     sudo python3 bench/bench_lab.py [--nodes 3 10] [--repeat 3] [--recipe recipes/vxlan.json]
+    sudo python3 bench/bench_lab.py --nodes 10 30 100 --pods-per-node 1 --tune-kernel --no-reload
+
+With --tune-kernel, `lab up` raises the neighbour-table limits a big lab needs and each
+`lab down` restores them. The RSS of every daemon is read once the lab is up.
 
 Wall times are for the whole `flannel-ext lab up` command as a user runs it (interpreter
 start, namespaces, daemons, leases, CNI pods, routes, the all-pairs matrix). The reload
@@ -34,11 +38,23 @@ def lab(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 
-def timed_up(name: str, nodes: int, net_conf: str) -> tuple[float, bool, str]:
+def timed_up(name: str, nodes: int, net_conf: str, *extra: str) -> tuple[float, bool, str]:
     start = time.monotonic()
-    proc = lab("up", "--name", name, "--nodes", str(nodes), "--net-conf", net_conf)
+    proc = lab("up", "--name", name, "--nodes", str(nodes), "--net-conf", net_conf, *extra)
     wall = time.monotonic() - start
     return wall, proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def daemon_rss_mb(name: str) -> list[float]:
+    """VmRSS of each node's `flannel-ext run` (from /proc/PID/status)."""
+    sizes = []
+    for node in Lab.load(name).nodes.values():
+        try:
+            status = pathlib.Path(f"/proc/{node.pid}/status").read_text()
+        except OSError:
+            continue
+        sizes += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")]
+    return sorted(sizes)
 
 
 def steps_of(output: str) -> str:
@@ -98,7 +114,11 @@ def main() -> int:
     p.add_argument("--reload-to", default=str(REPO / "recipes" / "vxlan.json"),
                    help="net-conf (or Python recipe name) the reload switches host-gw.json to")
     p.add_argument("--name", default="bench")
+    p.add_argument("--pods-per-node", type=int, default=2)
+    p.add_argument("--tune-kernel", action="store_true", help="pass --tune-kernel to lab up")
+    p.add_argument("--no-reload", dest="reload", action="store_false", help="skip the reload measurement")
     args = p.parse_args()
+    extra = ["--pods-per-node", str(args.pods_per_node)] + (["--tune-kernel"] if args.tune_kernel else [])
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     rows = []
@@ -106,16 +126,18 @@ def main() -> int:
         walls = []
         for _ in range(args.repeat):
             lab("down", "--name", args.name)
-            wall, ok, out = timed_up(args.name, n, args.recipe)
+            wall, ok, out = timed_up(args.name, n, args.recipe, *extra)
+            rss = daemon_rss_mb(args.name) if ok else []
             lab("down", "--name", args.name)
             if not ok:
                 raise SystemExit(f"lab up --nodes {n} failed:\n{out}")
             walls.append(wall)
-            print(f"  {n:>2} nodes: {wall:5.2f}s  ({steps_of(out)})", flush=True)
-        rows.append((f"lab up + full matrix, {n} nodes x 2 pods ({pathlib.Path(args.recipe).name})",
-                     statistics.median(walls), max(walls), 5.0 if n <= 3 else 15.0 if n <= 10 else None))
+            print(f"  {n:>2} nodes: {wall:5.2f}s  ({steps_of(out)}); daemon RSS median "
+                  f"{statistics.median(rss):.1f} MB, max {rss[-1]:.1f} MB", flush=True)
+        rows.append((f"lab up + full matrix, {n} nodes x {args.pods_per_node} pods ({pathlib.Path(args.recipe).name})",
+                     statistics.median(walls), max(walls), {3: 5.0, 10: 15.0, 100: 90.0}.get(n)))
     programmed, matrix = [], []
-    for _ in range(args.repeat):
+    for _ in range(args.repeat if args.reload else 0):
         with tempfile.TemporaryDirectory() as tmp:
             lab("down", "--name", args.name)
             try:
@@ -126,12 +148,14 @@ def main() -> int:
         matrix.append(b)
         print(f"  reload: programmed {a:5.2f}s, matrix {b:5.2f}s", flush=True)
     to = pathlib.Path(args.reload_to).name
-    rows.append((f"edit host-gw.json -> {to}: 3 nodes reprogrammed", statistics.median(programmed),
-                 max(programmed), 2.0))
-    rows.append((f"edit host-gw.json -> {to}: full matrix passes", statistics.median(matrix), max(matrix), None))
-    print(f"\n{'measure':<58} {'median':>7} {'max':>7} {'target':>7}")
+    if programmed:
+        rows.append((f"edit host-gw.json -> {to}: 3 nodes reprogrammed", statistics.median(programmed),
+                     max(programmed), 2.0))
+        rows.append((f"edit host-gw.json -> {to}: full matrix passes", statistics.median(matrix), max(matrix),
+                     None))
+    print(f"\n{'measure':<62} {'median':>7} {'max':>7} {'target':>7}")
     for label, med, worst, target in rows:
-        print(f"{label:<58} {med:6.2f}s {worst:6.2f}s {'' if target is None else f'{target:.0f}s':>7}")
+        print(f"{label:<62} {med:6.2f}s {worst:6.2f}s {'' if target is None else f'{target:.0f}s':>7}")
     print(f"({args.repeat} runs each, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")
     return 0
 

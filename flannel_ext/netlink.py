@@ -7,7 +7,8 @@ only the errors: the kernel processes a sendmsg's messages in order and acknowle
 failures and the chunk's last message (the one with NLM_F_ACK), so one ACK closes a chunk.
 
 Everything runs in the *current* network namespace: the daemon lives inside the node's.
-Slow one-off work (the vxlan device, dumps) stays with pyroute2's IPRoute.
+One-off work (the vxlan device, its address, dumps) is in `flannel_ext._util.rtnl`,
+re-exported here: importing pyroute2 cost each daemon ~20 MB of RSS.
 """
 from __future__ import annotations
 
@@ -20,16 +21,25 @@ from dataclasses import dataclass
 from collections.abc import Hashable, Iterable, Sequence
 
 from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
+from flannel_ext._util import rtnl
+from flannel_ext._util.neigh import NeighTable, read_table as neigh_table
+from flannel_ext._util.rtnl import Link, addr_del, addr_replace, addresses, link_add_vxlan, link_del, \
+    link_get, link_set
+
+__all__ = ["Batch", "BatchedRecipe", "Link", "NetlinkFailure", "OnLink", "addr_del", "addr_replace",
+           "address_prefixes", "addresses", "connected_prefixes", "ifindex", "key_of", "lease_error",
+           "link_add_vxlan", "link_del", "link_get", "link_set", "mac_bytes", "NeighTable", "neigh_table",
+           "on_link", "raise_failures"]
 
 NETLINK_ROUTE, SOL_NETLINK = 0, 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 26, 28, 29
 F_REQUEST, F_ACK, F_REPLACE, F_CREATE = 0x1, 0x4, 0x100, 0x400
 F_CAPPED, F_ACK_TLVS = 0x100, 0x200   # flags of an error reply (echo trimmed / TLVs follow)
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 3, 0, 255, 1
 RTNH_F_ONLINK = 0x4
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 AF_BRIDGE = 7
@@ -216,12 +226,50 @@ def ifindex(name: str) -> int | None:
 
 def connected_prefixes(ipr, oif: int) -> list[ipaddress.IPv4Network]:
     """Main-table prefixes reachable on-link through `oif` (no gateway): the kernel's
-    connected routes and any other scope-link routes on it."""
+    connected routes and any other scope-link routes on it. `ipr` is unused (kept for
+    recipes written against the pyroute2 version); the dump is ours, parsed with `struct`."""
+    return _dump_connected(oif)
+
+
+def _dump_connected(oif: int) -> list[ipaddress.IPv4Network]:
     nets = []
-    for route in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-        if route.get("RTA_OIF") == oif and not route.get("RTA_GATEWAY") and route.get("RTA_DST"):
-            nets.append(ipaddress.IPv4Network(f"{route.get('RTA_DST')}/{route['dst_len']}"))
+    for _type, msg in rtnl.dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+        family, dst_len, _s, _t, table, _p, _scope, rtype, _f = _RTMSG.unpack_from(msg)
+        attrs = rtnl.parse_attrs(msg, _RTMSG.size)
+        table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+        if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or RTA_GATEWAY in attrs or RTA_DST not in attrs:
+            continue
+        if RTA_OIF in attrs and struct.unpack("=I", attrs[RTA_OIF])[0] == oif:
+            nets.append(ipaddress.IPv4Network((attrs[RTA_DST], dst_len)))
     return nets
+
+
+def address_prefixes(oif: int) -> list[ipaddress.IPv4Network]:
+    """The IPv4 prefixes of `oif`'s own addresses (what its connected routes cover)."""
+    return [address.network for address in rtnl.addresses(oif)]
+
+
+class OnLink:
+    """Is a public IP on-link through `oif`? The interface's addresses answer almost every
+    lease (one tiny dump per batch); only an IP they do not cover costs a dump of the main
+    table, once per check, so a batch never pays for the size of the routing table."""
+
+    def __init__(self, oif: int):
+        self.oif = oif
+        self._own = address_prefixes(oif)
+        self._routes: list[ipaddress.IPv4Network] | None = None
+
+    def __call__(self, ip: str) -> bool:
+        addr = ipaddress.IPv4Address(ip)
+        if any(addr in net for net in self._own):
+            return True
+        return any(addr in net for net in self.prefixes())
+
+    def prefixes(self) -> list[ipaddress.IPv4Network]:
+        """Every connected prefix through `oif` (for error messages); dumped on first use."""
+        if self._routes is None:
+            self._routes = _dump_connected(self.oif)
+        return self._routes
 
 
 def on_link(ip: str, prefixes: list[ipaddress.IPv4Network]) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyroute2 import IPRoute
-
 from flannel_ext import HookContext, PermanentError, RemoteLease
 
 from flannel_ext import netlink as _netlink
@@ -28,17 +26,15 @@ class HostGwHook(_netlink.BatchedRecipe):
     def _apply(self, op: str, leases: Sequence[RemoteLease], ctx: HookContext) -> None:
         oif = _iface_index(ctx)
         failures: dict[str, BaseException] = {}
-        if op == "replace":
-            with IPRoute() as ipr:
-                prefixes = _netlink.connected_prefixes(ipr, oif)
+        on_link = _netlink.OnLink(oif) if op == "replace" else None
         with _netlink.Batch(record=ctx.recorded if ctx.dry_run else None) as batch:
             for lease in leases:
                 if lease.subnet is None:
                     continue
-                if op == "replace" and not _netlink.on_link(lease.public_ip, prefixes):
+                if on_link is not None and not on_link(lease.public_ip):
                     failures[_netlink.key_of(lease)] = PermanentError(
                         f"host-gw: {lease.subnet}: public IP {lease.public_ip} is not on-link via "
-                        f"{ctx.iface} ({', '.join(map(str, prefixes)) or 'no connected prefix'}); "
+                        f"{ctx.iface} ({', '.join(map(str, on_link.prefixes())) or 'no connected prefix'}); "
                         "host-gw needs all nodes on one L2 segment, use vxlan otherwise")
                     continue
                 batch.route(op, _netlink.key_of(lease), lease.subnet, gateway=lease.public_ip, oif=oif)

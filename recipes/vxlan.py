@@ -9,19 +9,20 @@
   dst <public IP> self permanent``, ``route replace <subnet> via <subnet IP> onlink``; with
   DirectRouting and an on-link public IP, only ``route replace <subnet> via <public IP>``.
 * shutdown: deletes the device (flannel never tears down; flannel-ext's ShutdownCommand does).
+* warns once when its peers' underlay ARP entries (1 per peer) reach 75% of the kernel's
+  ``net.ipv4.neigh.default.gc_thresh3`` (Documentation/lab.md, "The neighbour table").
 
 Options (Backend keys, case-insensitive): VNI (1), Port (0 = kernel default 8472),
 MTU (base MTU, default the interface's; the device gets MTU − 50), DirectRouting (false).
 """
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import re
 from typing import Any
 from collections.abc import Sequence
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from flannel_ext import HookContext, PermanentError, RemoteLease, TemporaryError
 
@@ -29,6 +30,7 @@ from flannel_ext import netlink as _netlink
 
 VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 KERNEL_DEFAULT_PORT = 8472
+NEIGH_WARN_AT = 0.75         # share of gc_thresh3 the peers' neighbour entries may reach quietly
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -60,6 +62,8 @@ class VxlanHook(_netlink.BatchedRecipe):
         if not 0 <= self.port < 1 << 16:
             raise ValueError(f"Port must be between 0 and 65535, got {self.port}")
         self.device = f"flannel.{self.vni}"
+        self._peers: set[str] = set()       # leases programmed, for the neighbour-table warning
+        self._warned = False
 
     # --- lifecycle -----------------------------------------------------------------
     def pre_startup(self, ctx: HookContext) -> str | None:
@@ -67,36 +71,34 @@ class VxlanHook(_netlink.BatchedRecipe):
             ctx.recorded.append({"netlink": f"link ensure {self.device} type vxlan id {self.vni} "
                                  f"dev {ctx.iface} local {ctx.public_ip} mtu {self.mtu(ctx)}"})
             return None
-        with IPRoute() as ipr:
-            return self._ensure_device(ipr, ctx).get("address")
+        return self._ensure_device(ctx).address or None
 
     def post_startup(self, ctx: HookContext) -> None:
         if ctx.dry_run:
             ctx.recorded.append({"netlink": f"addr replace {ctx.subnet.network_address if ctx.subnet else '?'}"
                                  f"/32 dev {self.device}; link set {self.device} up"})
             return
-        with IPRoute() as ipr:
-            index = self._ensure_device(ipr, ctx)["index"]
-            if ctx.subnet is not None:
-                own = str(ctx.subnet.network_address)
-                # Add ours before removing the others: dropping a device's last address
-                # makes the kernel flush every route through it.
-                ipr.addr("replace", index=index, address=own, prefixlen=32)
-                for addr in ipr.addr("dump", index=index, family=2):
-                    if (addr.get("IFA_ADDRESS"), addr["prefixlen"]) != (own, 32):
-                        ipr.addr("del", index=index, address=addr.get("IFA_ADDRESS"),
-                                 prefixlen=addr["prefixlen"])
-            ipr.link("set", index=index, state="up")
+        index = self._ensure_device(ctx).index
+        if ctx.subnet is not None:
+            own = ipaddress.IPv4Interface((ctx.subnet.network_address, 32))
+            # Add ours before removing the others: dropping a device's last address
+            # makes the kernel flush every route through it.
+            _netlink.addr_replace(index, own)
+            for address in _netlink.addresses(index):
+                if address != own:
+                    _netlink.addr_del(index, address)
+        _netlink.link_set(index, up=True)
 
     def shutdown(self, ctx: HookContext) -> None:
         if ctx.dry_run:
             ctx.recorded.append({"netlink": f"link del {self.device}"})
             return
-        with IPRoute() as ipr:
+        link = _netlink.link_get(self.device)
+        if link is not None:
             try:
-                ipr.link("del", ifname=self.device)
-            except NetlinkError as exc:
-                if exc.code != 19:          # ENODEV: already gone
+                _netlink.link_del(link.index)
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:   # already gone
                     raise
 
     def mtu(self, ctx: HookContext) -> int:
@@ -129,10 +131,7 @@ class VxlanHook(_netlink.BatchedRecipe):
             raise TemporaryError(f"vxlan: device {self.device} is missing; restart the daemon "
                                  "so pre_startup recreates it")
         ext = _netlink.ifindex(ctx.iface) if ctx.iface else None
-        prefixes = []
-        if self.direct_routing and ext is not None:
-            with IPRoute() as ipr:
-                prefixes = _netlink.connected_prefixes(ipr, ext)
+        on_link = _netlink.OnLink(ext) if self.direct_routing and ext is not None else None
         failures: dict[str, BaseException] = {}
         with _netlink.Batch(record=ctx.recorded if ctx.dry_run else None) as batch:
             for lease in leases:
@@ -146,7 +145,7 @@ class VxlanHook(_netlink.BatchedRecipe):
                         failures[key] = PermanentError(f"vxlan: {lease.subnet}: {exc}")
                         continue
                     mac = None              # still remove the route and neighbour
-                if op == "replace" and prefixes and _netlink.on_link(lease.public_ip, prefixes):
+                if op == "replace" and on_link is not None and on_link(lease.public_ip):
                     batch.route(op, key, lease.subnet, gateway=lease.public_ip, oif=ext)
                 elif op == "replace":
                     batch.neigh(op, key, dev, sip, mac)
@@ -161,61 +160,68 @@ class VxlanHook(_netlink.BatchedRecipe):
                         batch.fdb(op, key, dev, mac, lease.public_ip)
             for key, errors in batch.commit().items():
                 failures[key] = _netlink.lease_error(errors)
+        if not ctx.dry_run:
+            self._count_peers(op, leases, failures, ctx)
         _netlink.raise_failures(failures, leases)
+
+    def _count_peers(self, op: str, leases: Sequence[RemoteLease], failures: dict, ctx: HookContext) -> None:
+        """Warn once when the peers' neighbour entries near the kernel's gc_thresh3: each
+        peer costs an underlay ARP entry (its VTEP neighbour is permanent, which the limit
+        does not count), and past the limit the kernel refuses new ones (traffic to new
+        peers fails with ENOBUFS)."""
+        keys = {_netlink.key_of(lease) for lease in leases} - set(failures)
+        if op == "replace":
+            self._peers |= keys
+        else:
+            self._peers -= keys
+        if self._warned or op != "replace":
+            return
+        table = _netlink.neigh_table("ipv4")     # None inside a child namespace (a lab node)
+        needed = len(self._peers)
+        if table is not None and needed >= NEIGH_WARN_AT * table.thresholds[2]:
+            self._warned = True
+            ctx.log.warning(
+                "vxlan: %d peers need ~%d neighbour entries (an underlay ARP entry each), near "
+                "net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
+                "refuses new entries and traffic to new peers fails: raise it, e.g. sysctl -w "
+                "net.ipv4.neigh.default.gc_thresh1=%d net.ipv4.neigh.default.gc_thresh2=%d "
+                "net.ipv4.neigh.default.gc_thresh3=%d", len(self._peers), needed, table.thresholds[2],
+                table.entries, 2 * needed, 4 * needed, 8 * needed)
 
     def _mac(self, lease: RemoteLease) -> str:
         data = lease.data
         return data if isinstance(data, str) and _MAC.match(data) else self.parse_backend_data(lease)
 
-    def _base_mtu(self, ctx: HookContext, ipr: IPRoute | None = None) -> int:
+    def _base_mtu(self, ctx: HookContext) -> int:
         if self.base_mtu:
             return self.base_mtu
-        index = _netlink.ifindex(ctx.iface) if ctx.iface else None
-        if index is None:
-            return ctx.iface_mtu
-        if ipr is None:
-            with IPRoute() as own:
-                return own.link("get", index=index)[0].get("mtu")
-        return ipr.link("get", index=index)[0].get("mtu")
+        link = _netlink.link_get(ctx.iface) if ctx.iface else None
+        return link.mtu if link is not None else ctx.iface_mtu
 
-    def _ensure_device(self, ipr: IPRoute, ctx: HookContext):
+    def _ensure_device(self, ctx: HookContext) -> _netlink.Link:
         """The vxlan device as configured: reused if it matches, else (re)created."""
         link_index = _netlink.ifindex(ctx.iface) if ctx.iface else None
         if link_index is None:
             raise PermanentError(f"vxlan: external interface {ctx.iface!r} not found; "
                                  "start the daemon with --iface set to the underlay interface")
-        link = _get_link(ipr, self.device)
+        link = _netlink.link_get(self.device)
         if link is not None:
-            data = link.get("IFLA_LINKINFO").get("IFLA_INFO_DATA") \
-                if link.get("IFLA_LINKINFO").get("IFLA_INFO_KIND") == "vxlan" else None
+            data = link.vxlan if link.kind == "vxlan" else None
             wanted = (self.vni, link_index, self.port or KERNEL_DEFAULT_PORT, 0)
-            if data is None or wanted != (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LINK"),
-                                          data.get("IFLA_VXLAN_PORT"), data.get("IFLA_VXLAN_LEARNING")):
+            if data is None or wanted != (data.get("id"), data.get("link"), data.get("port"), data.get("learning")):
                 ctx.log.info("vxlan: %s does not match the configuration; recreating it", self.device)
-                ipr.link("del", index=link["index"])
+                _netlink.link_del(link.index)
                 link = None
-            elif ctx.public_ip and data.get("IFLA_VXLAN_LOCAL") != ctx.public_ip:
+            elif ctx.public_ip and data.get("local") != ctx.public_ip:
                 # The kernel changes `local` in place, which keeps the advertised MAC.
-                ipr.link("set", index=link["index"], kind="vxlan", vxlan_local=ctx.public_ip)
+                _netlink.link_set(link.index, vxlan_local=ctx.public_ip)
         if link is None:
-            spec = dict(ifname=self.device, kind="vxlan", vxlan_id=self.vni, vxlan_link=link_index,
-                        vxlan_learning=0)
-            if ctx.public_ip:
-                spec["vxlan_local"] = ctx.public_ip
-            if self.port:
-                spec["vxlan_port"] = self.port
-            ipr.link("add", **spec)
-            link = _get_link(ipr, self.device)
-        mtu = self._base_mtu(ctx, ipr) - VXLAN_OVERHEAD
-        if link.get("mtu") != mtu:
-            ipr.link("set", index=link["index"], mtu=mtu)
+            _netlink.link_add_vxlan(self.device, self.vni, link_index, ctx.public_ip or None, self.port or None)
+            link = _netlink.link_get(self.device)
+            if link is None:
+                raise TemporaryError(f"vxlan: {self.device} vanished right after it was created")
+        mtu = self._base_mtu(ctx) - VXLAN_OVERHEAD
+        if link.mtu != mtu:
+            _netlink.link_set(link.index, mtu=mtu)
+            link.mtu = mtu
         return link
-
-
-def _get_link(ipr: IPRoute, name: str):
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code == 19:                  # ENODEV
-            return None
-        raise

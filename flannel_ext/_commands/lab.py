@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                    help="the nodes' network-policy hook (default %(default)s), fed from cluster.json")
     p.add_argument("--no-policy", dest="policy", action="store_const", const="",
                    help="run the daemons without a policy agent")
+    p.add_argument("--tune-kernel", action="store_true",
+                   help="raise the neighbour-table limits (gc_thresh*) if the lab needs it; `lab down` "
+                        "restores them")
 
     p = parser("check", "all-pairs pod-to-pod connectivity (TCP + ICMP), or one port's truth table", _check)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -103,7 +106,8 @@ def _up(args) -> int:
     from flannel_ext._lab import ops
     report = ops.up(args.name, args.nodes, args.pods_per_node, args.net_conf, store=args.store,
                     underlay_cidr=args.underlay_cidr, cni_path=args.cni_path, watch=args.watch,
-                    timeout=args.timeout, pods_file=args.pods_file, policy=args.policy, out=_out)
+                    timeout=args.timeout, pods_file=args.pods_file, policy=args.policy, out=_out,
+                    tune_kernel=args.tune_kernel)
     return 0 if report.ok else 1
 
 

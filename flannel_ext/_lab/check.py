@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from flannel_ext._util.netns import ip_json, sh
-from flannel_ext._lab import cluster
+from flannel_ext._lab import cluster, kernel
 from flannel_ext._lab.pods import PORT, listener_alive
 from flannel_ext._lab.probe import Target, probe
 from flannel_ext._lab.state import Lab, Node
@@ -80,6 +80,7 @@ def diagnose(src: _Kernel, dst: _Kernel) -> list[str]:
 def run_check(lab: Lab, timeout: float = 3.0, icmp: bool = True) -> Report:
     pairs = lab.pods()
     targets = [Target(p.name, p.ip) for _, p in pairs]
+    tables = kernel.tables()
     results = probe(targets, PORT, timeout=timeout, icmp=icmp) if len(targets) > 1 else {}
     report = Report([t.name for t in targets], results, {}, icmp)
     if report.failed:
@@ -87,9 +88,10 @@ def run_check(lab: Lab, timeout: float = 3.0, icmp: bool = True) -> Report:
         pods = {p.name: p for _, p in pairs}
         kernels = {n.name: _Kernel(n) for n in lab.nodes.values()}
         policies = len(cluster.load(lab)["networkpolicies"]) if lab.policy else 0
+        full_table = kernel.full_table_hint(tables)
         for src, dst in report.failed:
             a, b = owner[src], owner[dst]
-            hints = []
+            hints = [full_table] if full_table else []
             if not listener_alive(pods[dst]):
                 hints.append(f"the listener in {dst} is not running (pid {pods[dst].listener_pid})")
             if a.name == b.name:

@@ -6,6 +6,7 @@ record after each step, so `down` always knows what a half-finished `up` left be
 """
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from flannel_ext._util.netns import sh
-from flannel_ext._lab import check, cluster, daemons, pods, topology
+from flannel_ext._lab import check, cluster, daemons, kernel, pods, topology
 from flannel_ext._lab.state import Lab, LabError, check_name, exists, lab_dir, locked, remove_dir
 
 Out = Callable[[str], None]
@@ -53,12 +54,15 @@ def _preflight(name: str, net_conf: str, cni_path: str) -> str:
 def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str | None = None,
        underlay_cidr: str = "192.168.100.0/24", cni_path: str = "/usr/lib/cni", watch: bool = True,
        timeout: float = 60.0, pods_file: str | None = None, policy: str = "",
-       out: Out = print) -> check.Report:
+       out: Out = print, tune_kernel: bool = False) -> check.Report:
     if nodes < 1 or pods_per_node < 0:
         raise LabError("--nodes must be at least 1 and --pods-per-node at least 0")
     net_conf = _preflight(name, net_conf, cni_path)
     namespaces, specs = (cluster.read_pods_file(pods_file, [f"n{i}" for i in range(1, nodes + 1)])
                          if pods_file else ({}, []))
+    busiest = max(collections.Counter(spec.node for spec in specs).values(), default=0)
+    fit = kernel.check_fits(nodes, busiest if pods_file else pods_per_node, net_conf, tune_kernel,
+                            policy=bool(policy))
     with locked(name):
         lab = Lab(name=name, net_conf=net_conf, store=store or f"sqlite:{lab_dir(name)}/store.db",
                   underlay_cidr=underlay_cidr, cni_path=cni_path,
@@ -67,6 +71,7 @@ def up(name: str, nodes: int, pods_per_node: int, net_conf: str, *, store: str |
         # The agents read it from their start; the pods arrive with their IPs later.
         cluster.save(lab, {"namespaces": [cluster.namespace_object(n, labels) for n, labels in namespaces.items()],
                            "pods": [], "networkpolicies": []})
+        kernel.tune_for(lab, fit, out)
         steps = _Steps(6, out)
         try:
             report = _up_steps(lab, steps, nodes, lab.pods_per_node, timeout, specs, pods_file)
@@ -226,6 +231,7 @@ def down(name: str, out: Out = print) -> int:
     names = topology.lab_namespaces(name)
     killed |= _kill_namespace_pids(names)
     topology.delete_namespaces(names)
+    kernel.untune(lab, out)
     had_dir = os.path.isdir(lab_dir(name))
     remove_dir(name)
     if not (killed or names or had_dir):

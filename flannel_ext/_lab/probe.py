@@ -56,7 +56,7 @@ class Result:
     error: str = ""            # the last TCP failure, for the report
 
 
-@dataclass
+@dataclass(eq=False)   # identity: `conns.remove` must not compare fields 9,900 times over
 class _Conn:
     src: int
     dst: int
@@ -93,7 +93,6 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
     results = {(a.name, b.name): Result(icmp=False if icmp else None)
                for a in pods for b in pods if a.name != b.name}
     sel = selectors.DefaultSelector()
-    deadline = time.monotonic() + timeout
     conns: list[_Conn] = []
     raws: dict[int, socket.socket] = {}
     base = os.getpid() & 0x7FFF
@@ -133,6 +132,8 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
             sel.register(raw, selectors.EVENT_READ, ("icmp", i))
     next_ping = 0.0
     index = {p.ip: j for j, p in enumerate(pods)}
+    # From now: opening 9,900 sockets (a 100-node lab) takes a while on a busy machine.
+    deadline = time.monotonic() + timeout
 
     def pending() -> bool:
         return any(not r.tcp or r.icmp is False for r in results.values())
@@ -146,13 +147,6 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
                             with contextlib.suppress(OSError):
                                 raw.sendto(_echo(base + i, j), (dst.ip, 0))
                 next_ping = now + 0.3
-            # A SYN queued behind an unresolved neighbour may be dropped, and the kernel's
-            # own retransmit waits 1 s: start a fresh attempt after 0.25 s instead.
-            for conn in [c for c in conns if not c.connected and now - c.started > 0.25]:
-                sel.unregister(conn.sock)
-                conn.sock.close()
-                conns.remove(conn)
-                open_tcp(conn.src, conn.dst, conn.tries + 1)
             for item in [r for r in retry if r[0] <= now]:
                 retry.remove(item)
                 open_tcp(item[1], item[2], item[3])
@@ -169,6 +163,15 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
                         sel.modify(data.sock, selectors.EVENT_READ, data)
                 else:
                     _read_tcp(data, pods, results, sel, conns)
+            # After handling what arrived (a slow pass must not discard answered SYNs): a
+            # SYN queued behind an unresolved neighbour may be dropped, and the kernel's
+            # own retransmit waits 1 s, so start a fresh attempt after 0.25 s instead.
+            now = time.monotonic()
+            for conn in [c for c in conns if not c.connected and now - c.started > 0.25]:
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                conns.remove(conn)
+                open_tcp(conn.src, conn.dst, conn.tries + 1)
     finally:
         for conn in conns:
             conn.sock.close()

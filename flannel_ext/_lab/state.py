@@ -92,6 +92,7 @@ class Lab:
     watch: bool = True
     policy: str = ""     # the daemons' --policy hook ("" = none); source: cluster.json
     nodes: dict[str, Node] = field(default_factory=dict)
+    kernel: dict = field(default_factory=dict)   # `--tune-kernel`: {"old": {sysctl: v}, "set": {…}}
 
     # -- paths ------------------------------------------------------------------------
     @property

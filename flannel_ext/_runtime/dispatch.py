@@ -85,6 +85,9 @@ class Dispatcher:
         self.on_programmed = on_programmed
         self.journal = journal          # write-ahead record around every hook call
         self.slots: dict[str, Slot] = {}
+        # Keys whose slot may have a step to run: a pass looks only at these, so one event
+        # in a 10,000-lease cluster costs what it costs in a 10-lease one.
+        self._ready: set[str] = set()
         self._cond = threading.Condition()
         self._stop = False
         self._paused = False
@@ -101,6 +104,7 @@ class Dispatcher:
             if not same_lease(slot.desired, lease):
                 slot.desired = lease
                 slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
+            self._ready.add(key)
             self._cond.notify_all()
 
     def desired_keys(self) -> set[str]:
@@ -113,6 +117,7 @@ class Dispatcher:
             for key, lease in programmed.items():
                 slot = self.slots.setdefault(key, Slot(key))
                 slot.programmed, slot.reassert = lease, reassert
+                self._ready.add(key)
             self._cond.notify_all()
 
     def forget_programmed(self) -> None:
@@ -121,6 +126,7 @@ class Dispatcher:
             for slot in self.slots.values():
                 slot.programmed, slot.reassert = None, False
                 slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
+            self._ready.update(self.slots)
             self._dirty = True
             self._cond.notify_all()
         if self.journal is not None:
@@ -214,9 +220,13 @@ class Dispatcher:
         wake: float | None = None
         pending = 0
         ready: dict[str, list[tuple[Slot, RemoteLease]]] = {"remove": [], "add": []}
-        for slot in self.slots.values():
-            step = slot.next_step()
-            if step is None or slot.in_flight or slot.gave_up:
+        for key in list(self._ready):
+            slot = self.slots.get(key)
+            step = slot.next_step() if slot is not None else None
+            if slot is None or step is None or slot.gave_up:
+                self._ready.discard(key)
+                continue
+            if slot.in_flight:
                 continue
             if slot.attempts:
                 pending += 1
@@ -262,6 +272,7 @@ class Dispatcher:
             if slot is None:
                 continue
             slot.in_flight = False
+            self._ready.add(lease.key)
             error = results.get(lease.key)
             if error is None:
                 self._succeeded(slot, kind, lease)
@@ -273,6 +284,7 @@ class Dispatcher:
                 self._failed(slot, kind, lease, error, now)
             if slot.desired is None and slot.programmed is None:
                 del self.slots[lease.key]
+                self._ready.discard(lease.key)
 
     def _succeeded(self, slot: Slot, kind: str, lease: RemoteLease) -> None:
         slot.programmed = lease if kind == "add" else None
