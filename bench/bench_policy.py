@@ -5,7 +5,9 @@ case for one node's ruleset), and 200 NetworkPolicies (10 per namespace: pod and
 selectors, named and numeric ports, an ipBlock with except, and egress on a quarter).
 
 * control plane: compute the node's state, build the full nftables ruleset (one `nft -f`),
-  then apply one pod's label change incrementally; baseline: `nft -f` of an empty table;
+  then apply one pod's label change incrementally, with the `nft` binary and with
+  libnftables in-process inside the node namespace (as the daemon does); baseline: `nft -f`
+  of an empty table;
 * data path: new TCP connections per second between two real pods (namespaces, veths,
   a `cni0` bridge in a node namespace) with no policy, with conntrack alone (what any
   stateful policy costs), with the 200 policies loaded (sets + verdict maps), and with a
@@ -32,6 +34,7 @@ from flannel_ext._policy.compute import Cluster, PolicyComputer, compute_state
 from flannel_ext._policy.nftables import NftablesPolicy, build_ruleset, render_full
 from flannel_ext._policy.state import EGRESS, INGRESS, PolicyState
 from flannel_ext._util.netns import create_netns, delete_netns, sh
+from pyroute2.netns import popns, pushns
 
 NODE = "n1"
 PREFIX = f"bpol{os.getpid()}-"
@@ -139,6 +142,21 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def label_changes(hook: NftablesPolicy, how: str, record) -> None:
+    """One pod's label change, as the agent handles it: incremental compute, then update."""
+    for what, relabel in (("peer label change (tier web→db)", {0: {"tier": "db"}}),
+                          ("target label change (app-0→app-1)", {0: {"app": "app-1"}})):
+        computer = PolicyComputer(NODE)   # as the agent keeps one: the base state first
+        base = computer.compute(cluster_objects())
+        hook.apply(base)
+        changed = cluster_objects(2, relabel)   # the source's next snapshot (parse not timed)
+        t_state, new = timed(lambda c=changed, pc=computer: pc.compute(c))
+        t_apply, _ = timed(lambda n=new, b=base: hook.update(b, n))
+        record(f"{what}: compute (incremental)", t_state)
+        record(f"{what}: diff + {how}", t_apply)
+        record(f"{what}: total, {how}", t_state + t_apply)
+
+
 def control_plane(node_ns: str, repeat: int) -> list[tuple[str, float]]:
     """Each step `repeat` times; the median is reported (the machine is shared)."""
     hook = NftablesPolicy(netns=node_ns)
@@ -158,17 +176,16 @@ def control_plane(node_ns: str, repeat: int) -> list[tuple[str, float]]:
         t_full = timed(lambda s=state: hook.apply(s))[0]
         record("full build: render + one `nft -f` transaction", t_full)
         record("full build: compute + render + `nft -f`", t_compute + t_full)
-        for what, relabel in (("peer label change (tier web→db)", {0: {"tier": "db"}}),
-                              ("target label change (app-0→app-1)", {0: {"app": "app-1"}})):
-            computer = PolicyComputer(NODE)   # as the agent keeps one: the base state first
-            base = computer.compute(cluster_objects())
-            hook.apply(base)
-            changed = cluster_objects(2, relabel)   # the source's next snapshot (parse not timed)
-            t_state, new = timed(lambda c=changed, pc=computer: pc.compute(c))
-            t_apply, _ = timed(lambda n=new, b=base: hook.update(b, n))
-            record(f"{what}: compute (incremental)", t_state)
-            record(f"{what}: diff + `nft -f`", t_apply)
-            record(f"{what}: total", t_state + t_apply)
+        label_changes(hook, "`nft -f`", record)
+        # The daemon runs inside its node namespace and uses libnftables in-process: do the same.
+        pushns(node_ns)
+        try:
+            in_ns = NftablesPolicy()
+            assert in_ns.lib is not None, "libnftables.so.1 not loadable"
+            record("full build: render + libnftables (in-process)", timed(lambda s=state: in_ns.apply(s))[0])
+            label_changes(in_ns, "libnftables", record)
+        finally:
+            popns()
     script = render_full(build_ruleset(state))
     print(f"full ruleset: {script.count(chr(10))} nft lines, {len(build_ruleset(state).sets)} sets, "
           f"{len(build_ruleset(state).chains)} pod chains", file=sys.stderr)

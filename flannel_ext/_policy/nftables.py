@@ -26,9 +26,12 @@ only the difference (set elements, the chains of pods whose policies changed, ma
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 
 from flannel_ext._policy.hook import PolicyHook
@@ -222,6 +225,35 @@ def _enable_bridge_netfilter(path: str) -> str:
     return ""
 
 
+class LibNftables:
+    """libnftables in-process: the same `nft -f` transaction without forking `nft` for each
+    update (a fork and exec cost more than the change itself on a busy node)."""
+
+    def __init__(self, soname: str = "libnftables.so.1"):
+        lib = ctypes.CDLL(soname)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._lib, self._ctx = lib, lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise OSError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._lock = threading.Lock()
+
+    def run(self, script: str) -> tuple[int, str]:
+        """(exit status, error text) of running `script` as one transaction."""
+        with self._lock:
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
+            error = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
+        return rc, error.decode(errors="replace")
+
+
 class NftablesPolicy(PolicyHook):
     """Enforce a PolicyState with nftables (see the module docstring for the layout)."""
 
@@ -229,6 +261,12 @@ class NftablesPolicy(PolicyHook):
         if shutil.which(nft) is None:
             raise FlannelExtError(f"{nft!r} not found on PATH; install nftables (apt-get install nftables)")
         self.table, self.netns, self.nft = table, netns, nft
+        self.lib: LibNftables | None = None
+        if netns is None and os.environ.get("FLANNEL_EXT_NFT_BINARY") != "1":
+            try:   # in our own namespace: no fork per update
+                self.lib = LibNftables()
+            except OSError as exc:
+                self.log.info("libnftables not usable (%s); running %s per update", exc, nft)
         self.applied: Ruleset | None = None
         self.state: PolicyState | None = None   # the state `applied` enforces
         self.last_script = ""
@@ -240,6 +278,11 @@ class NftablesPolicy(PolicyHook):
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.last_script = script
+        if self.lib is not None:
+            rc, error = self.lib.run(script)
+            if rc != 0:
+                raise CommandError(["libnftables", "-f", "-"], rc, "", stderr=error, hook="nftables")
+            return
         proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, stderr=proc.stderr, hook="nftables")

@@ -218,6 +218,7 @@ def test_daemon_enforces_the_file_source_and_keeps_it_across_a_restart(underlay,
            "networkpolicies": [DB_FROM_FRONTEND]}
     write_atomic(str(source), json.dumps(doc))
     wait_for(lambda: generation() == 5, 20, what="generation 5 in policy-status.json")
+    assert "libnftables not usable" not in node.log()   # in its own namespace: in-process
     before = table(ns)
     ingress = next(i["map"] for i in before["nftables"] if "map" in i and i["map"]["name"] == "ingress")
     assert ingress["elem"][0][0] == "10.244.7.2"
