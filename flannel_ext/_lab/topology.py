@@ -138,3 +138,14 @@ def _reap() -> None:
             _children.remove(proc)
 
 
+def reap(timeout: float = 10.0) -> None:
+    """Wait for the processes this one started to exit (after `lab down` killed them from
+    another process), so none is left unreaped when this interpreter exits."""
+    for proc in list(_children):
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        _children.remove(proc)
+
+

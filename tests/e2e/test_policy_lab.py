@@ -51,6 +51,7 @@ def netpol_lab(netns_prefix, tmp_path):
         yield name, up_netpol_lab(name, REPO / "recipes" / "vxlan.json", tmp_path)
     finally:
         lab_cmd("down", "--name", name)
+        topology.reap()  # the daemons `_restart` started from this process
 
 
 def _pids(name: str) -> dict:
