@@ -69,7 +69,7 @@ def measure(writer: Writer, seen: dict, cond: threading.Condition, keys: list[st
     """Write each key, wait until a watcher recorded it; returns latencies in ms."""
     leases = [writer.grant() for _ in keys]
     out = []
-    for k, lease_id in zip(keys, leases):
+    for k, lease_id in zip(keys, leases, strict=True):
         t0 = time.perf_counter()
         writer.put(k, value(len(out)), lease_id)
         with cond:

@@ -69,8 +69,8 @@ def steps_of(output: str) -> str:
 
 def on_vxlan(lab_: Lab) -> bool:
     for node in lab_.nodes.values():
-        kinds = {l["ifname"]: l.get("linkinfo", {}).get("info_kind")
-                 for l in ip_json(node.ns, "-d", "link", "show")}
+        kinds = {link["ifname"]: link.get("linkinfo", {}).get("info_kind")
+                 for link in ip_json(node.ns, "-d", "link", "show")}
         routes = {r["dst"]: r.get("dev") for r in ip_json(node.ns, "route", "show")}
         for other in lab_.nodes.values():
             if other is not node and kinds.get(routes.get(other.subnet)) != "vxlan":

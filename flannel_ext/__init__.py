@@ -9,7 +9,7 @@ from flannel_ext._stores.lease import Lease, LeaseAttrs
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.state import Allow, PodPolicy, PolicyState, PortRange, RulePeers
 
-__version__ = "0.1.0"
+from flannel_ext._version import __version__
 
 __all__ = [
     "Hook", "HookContext", "RemoteLease", "Lease", "LeaseAttrs",

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from flannel_ext import __version__
+from flannel_ext._version import __version__
 from flannel_ext._commands import flags
 from flannel_ext._util.errors import FlannelExtError
 

@@ -67,7 +67,7 @@ class NodeDaemon:
         self.state_dir = self.dir / "state"
         self.log_path = self.dir / "daemon.log"
         self.iface, self.extra, self.env = iface, list(extra), env
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -86,9 +86,11 @@ class NodeDaemon:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        wait_for(lambda: self.subnet_file.exists() or self.proc.poll() is not None, timeout)
-        if self.proc.poll() is not None:
-            raise AssertionError(f"daemon in {self.ns} exited {self.proc.returncode}:\n{self.log()}")
+        proc = self.proc
+        assert proc is not None, "start() the daemon first"
+        wait_for(lambda: self.subnet_file.exists() or proc.poll() is not None, timeout)
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon in {self.ns} exited {proc.returncode}:\n{self.log()}")
         wait_for(lambda: (self.state_dir / "stats.json").exists(), timeout)
 
     def subnet_env(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from flannel_ext import __version__
+from flannel_ext._version import __version__
 from flannel_ext._cni import delegate
 from flannel_ext._cni.cache import Attachment, Cache
 from flannel_ext._cni.errors import (DECODE_FAILURE, DELEGATE_FAILED, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path

@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import threading
-import socket
 
-from flannel_ext import __version__
+from flannel_ext._version import __version__
 from flannel_ext._config import paths
 from flannel_ext._util.errors import ConfigError
 from flannel_ext._config.netconf import load_netconf, parse_netconf

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from flannel_ext import __version__
+from flannel_ext._version import __version__
 from flannel_ext._util.errors import ConfigError
 from flannel_ext._runtime.stats import HookCall, NodeStats
 

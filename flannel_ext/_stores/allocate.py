@@ -16,6 +16,7 @@ import bisect
 import ipaddress
 import random
 from dataclasses import dataclass, field
+from typing import cast
 
 from flannel_ext._stores.base import AcquireRequest
 from flannel_ext._stores.lease import IPv4Network, IPv6Network, Lease
@@ -113,7 +114,8 @@ def free_subnets(first, last, length: int, occupied: list[tuple[int, int]],
     """
     net_cls = ipaddress.IPv4Network if first.version == 4 else ipaddress.IPv6Network
     size = 1 << (first.max_prefixlen - length)
-    cur, stop, idx, found = int(first), int(last), 0, []
+    cur, stop, idx = int(first), int(last), 0
+    found: list[IPv4Network | IPv6Network] = []
     while cur <= stop and len(found) < limit:
         # Ranges that end before `cur` can never matter again: `cur` only grows.
         while idx < len(occupied) and occupied[idx][1] < cur:
@@ -161,11 +163,12 @@ def plan_acquire(request: AcquireRequest, leases: list[Lease],
     rng = rng or random.SystemRandom()
     # Our deleted leases are free again (flannel still counts them; freeing is kinder).
     others = [lease for lease in leases if lease not in plan.delete]
-    plan.candidates = _candidates(request.previous_subnet, config.enable_ipv4, subnet_range, config,
-                                  _occupied([lease.subnet for lease in others]), rng)
-    plan.ipv6_candidates = _candidates(request.previous_ipv6_subnet, config.enable_ipv6,
-                                       ipv6_subnet_range, config,
-                                       _occupied([lease.ipv6_subnet for lease in others]), rng)
+    # each list comes from one family's subnet range
+    plan.candidates = cast(list[IPv4Network], _candidates(request.previous_subnet, config.enable_ipv4, subnet_range,
+                                                          config, _occupied([lease.subnet for lease in others]), rng))
+    plan.ipv6_candidates = cast(list[IPv6Network], _candidates(request.previous_ipv6_subnet, config.enable_ipv6,
+                                                               ipv6_subnet_range, config,
+                                                               _occupied([lease.ipv6_subnet for lease in others]), rng))
     return plan
 
 

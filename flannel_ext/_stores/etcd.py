@@ -105,13 +105,12 @@ class EtcdStore:
             key = raw_key.decode("utf-8")
         except UnicodeDecodeError:
             key = display_key(raw_key)   # never a valid subnet key, so rejected below
-        meta = dict(mod_revision=int(kv.get("mod_revision", 0)), lease_id=int(kv.get("lease", 0)),
-                    create_revision=int(kv.get("create_revision", 0)))
+        mod, lease_id, create = (int(kv.get(name, 0)) for name in ("mod_revision", "lease", "create_revision"))
         try:
             lease = parse_entry(key, unb64(kv.get("value", "")))
         except ValueError as exc:
-            return _Entry(key, None, str(exc), **meta)
-        return _Entry(key, lease, **meta)
+            return _Entry(key, None, str(exc), mod_revision=mod, lease_id=lease_id, create_revision=create)
+        return _Entry(key, lease, mod_revision=mod, lease_id=lease_id, create_revision=create)
 
     def _resolve_expiries(self, lease_ids: set[int]) -> None:
         # flannel never extends a lease (each renewal is a new grant), so an ID's expiry is
@@ -126,7 +125,7 @@ class EtcdStore:
         else:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 replies = list(pool.map(ask, todo))
-        for lease_id, reply in zip(todo, replies):
+        for lease_id, reply in zip(todo, replies, strict=True):
             self._expiry[lease_id] = now + max(0, int(reply.get("TTL", -1)))
 
     def _with_expiry(self, entry: _Entry) -> _Entry:
@@ -155,7 +154,7 @@ class EtcdStore:
         if ttl > 0:
             grant = self.gateway.call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
             lease_id = int(grant["ID"])
-        put = {"key": key, "value": b64(lease.attrs.to_json())}
+        put: dict[str, str | int] = {"key": key, "value": b64(lease.attrs.to_json())}
         if lease_id:
             put["lease"] = lease_id
         reply = self.gateway.call("/kv/txn", {"compare": [dict(compare, key=key)],
@@ -169,7 +168,7 @@ class EtcdStore:
                 return None
         old = self._granted.pop(lease.key, 0)
         expiry = time.time() + math.ceil(ttl) if lease_id else None
-        if lease_id:
+        if lease_id and expiry is not None:
             self._granted[lease.key] = lease_id
             self._expiry[lease_id] = expiry
         if old and old != lease_id:
@@ -211,7 +210,7 @@ class EtcdStore:
                                    f"({len(entries)} leases in etcd at {', '.join(self.gateway.endpoints)})")
             v4 = plan.candidates if config.enable_ipv4 else [None] * len(plan.ipv6_candidates)
             v6 = plan.ipv6_candidates if config.enable_ipv6 else [None] * len(v4)
-            for subnet, ipv6_subnet in zip(v4, v6):
+            for subnet, ipv6_subnet in zip(v4, v6, strict=True):
                 lease = Lease(subnet, request.attrs, ipv6_subnet)
                 got = self._put(lease, request.ttl, {"target": "VERSION", "result": "EQUAL", "version": 0})
                 if got is not None and (ipv6_subnet is None or subnet is None or self._won_dual(got)):

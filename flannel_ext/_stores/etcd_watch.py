@@ -88,7 +88,8 @@ class Gateway:
             self.session.cert = (certfile, keyfile) if keyfile else certfile
         self.timeout = timeout
         self.clients = [Etcd3Client(host=h, port=p, protocol=s, session=self.session,
-                                                   timeout=(min(2.0, timeout), timeout))
+                                                   # (connect, read): requests takes the pair
+                                                   timeout=(min(2.0, timeout), timeout))  # type: ignore[arg-type]
                         for s, h, p in endpoints]
         self._credentials = (username, password or "") if username else None
         self._tokens: dict[int, str] = {}   # simple auth tokens are per member

@@ -77,7 +77,7 @@ def resolve_node_name(v1: client.CoreV1Api, node_name: str | None, env: Mapping[
         raise StoreError("env variables POD_NAME and POD_NAMESPACE must be set; set NODE_NAME to this "
                          "node's name, or POD_NAME/POD_NAMESPACE from the downward API (fieldRef)")
     try:
-        obj = json.loads(v1.read_namespaced_pod(pod, namespace, _preload_content=False).data)
+        obj = json.loads(v1.read_namespaced_pod(pod, namespace, _preload_content=False).data)  # type: ignore[attr-defined]  # raw urllib3 response
     except client.ApiException as exc:
         raise StoreError(f"error retrieving pod spec for '{namespace}/{pod}': "
                          f"{exc.status} {exc.reason}") from None
@@ -202,7 +202,7 @@ class KubeStore:
     def _list_nodes(self) -> tuple[builtins.list[dict], int]:
         try:
             resp = self._v1.list_node(_preload_content=False, _request_timeout=self.request_timeout)
-            body = json.loads(resp.data)
+            body = json.loads(resp.data)  # type: ignore[attr-defined]  # raw urllib3 response
             return body.get("items") or [], int(body["metadata"]["resourceVersion"])
         except client.ApiException as exc:
             raise StoreError(f"listing nodes failed: {exc.status} {exc.reason}") from None
@@ -217,7 +217,7 @@ class KubeStore:
             if exc.status == 404:
                 return None
             raise
-        return json.loads(resp.data)
+        return json.loads(resp.data)  # type: ignore[attr-defined]  # raw urllib3 response
 
     def _wait_for_pod_cidr(self) -> dict:
         """Poll the node until it exists with a spec.podCIDR, for at most acquire_timeout."""

@@ -239,12 +239,16 @@ class SqliteStore:
         return False
 
     def _rows(self, conn) -> tuple[list[Lease], list[LeaseEvent]]:
-        leases, rejected = [], []
+        leases: list[Lease] = []
+        rejected: list[LeaseEvent] = []
         for key, value, exp in conn.execute("SELECT key, value, expiration FROM leases WHERE "
                                             "expiration IS NULL OR expiration > ? ORDER BY key",
                                             (self.clock(),)):
             item = _parse(key, value, exp)
-            (rejected if isinstance(item, LeaseEvent) else leases).append(item)
+            if isinstance(item, LeaseEvent):
+                rejected.append(item)
+            else:
+                leases.append(item)
         return leases, rejected
 
     def _acquire_view(self, conn, public_ip: str) -> list[Lease]:

@@ -16,7 +16,8 @@ RECORDER = {
     "Network": "10.60.0.0/16",
     "Backend": {
         "Type": "extension",
-        "PreStartupCommand": "cat > pre.stdin; env > pre.env; printf 'aa:bb:cc:dd:ee:%s\\n' \"$TAIL\"; echo ignored-stderr >&2",
+        "PreStartupCommand": "cat > pre.stdin; env > pre.env; printf 'aa:bb:cc:dd:ee:%s\\n' \"$TAIL\"; "
+                             "echo ignored-stderr >&2",
         "PostStartupCommand": "cat > post.stdin; env > post.env",
         "SubnetAddCommand": "f=$(printf %s \"$SUBNET\" | tr / _); cat > \"add.$f.stdin\"; env > \"add.$f.env\"",
         "SubnetRemoveCommand": "f=$(printf %s \"$SUBNET\" | tr / _); cat > \"rm.$f.stdin\"; env > \"rm.$f.env\"",

@@ -30,4 +30,5 @@ def test_doc_examples_run(page, tmp_path):
             argv = ["bash", "-euo", "pipefail", "-c", code]
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240,
                               env={**__import__("os").environ, "TMPDIR": str(tmp_path)})
-        assert proc.returncode == 0, f"{page.name} block failed:\n{code}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        assert proc.returncode == 0, \
+            f"{page.name} block failed:\n{code}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"

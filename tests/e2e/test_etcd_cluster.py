@@ -40,7 +40,7 @@ def start_cluster(underlay, prefix, conf, etcd, tmp_path, daemons, count=3):
 
 def etcd_leases(etcd) -> dict[str, str]:
     out = etcd.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").splitlines()
-    return dict(zip(out[0::2], out[1::2]))
+    return dict(zip(out[0::2], out[1::2], strict=True))
 
 
 def has_route(ns, dst):

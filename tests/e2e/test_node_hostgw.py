@@ -82,7 +82,7 @@ def test_restart_reconciles(underlay, netns_prefix, hostgw_conf, tmp_path, daemo
     gone = b.subnet
     store = SqliteStore(str(store_path))
     try:
-        lease = next(l for l in store.list().leases if str(l.subnet) == gone)
+        lease = next(x for x in store.list().leases if str(x.subnet) == gone)
         store.release(lease)
         # A node that joined while `a` was down (its public IP is on the underlay).
         from flannel_ext._stores.lease import Lease, LeaseAttrs
