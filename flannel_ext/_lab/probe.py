@@ -173,17 +173,25 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
                 conns.remove(conn)
                 open_tcp(conn.src, conn.dst, conn.tries + 1)
     finally:
-        for conn in conns:
-            conn.sock.close()
-        for raw in raws.values():
-            raw.close()
-        sel.close()
+        _close(sel, [conn.sock for conn in conns], raws.values())
+    _settle(results)
+    return results
+
+
+def _close(sel: selectors.BaseSelector, *groups) -> None:
+    for group in groups:
+        for sock in group:
+            sock.close()
+    sel.close()
+
+
+def _settle(results: dict) -> None:
+    """A probe that answered has no error; one that never did timed out."""
     for r in results.values():
-        if not r.tcp and not r.error:
-            r.error = "timeout"
         if r.tcp:
             r.error = ""
-    return results
+        elif not r.error:
+            r.error = "timeout"
 
 
 def _read_tcp(conn: _Conn, pods, results, sel, conns) -> None:
@@ -264,10 +272,6 @@ def probe_udp(pods: list[Target], port: int, timeout: float = 1.0) -> dict:
                 else:
                     res.error = f"answered {data[:40]!r}"
     finally:
-        for sock in socks.values():
-            sock.close()
-        sel.close()
-    for r in results.values():
-        if not r.tcp and not r.error:
-            r.error = "timeout"
+        _close(sel, socks.values())
+    _settle(results)
     return results
