@@ -36,8 +36,8 @@ def bumped_plan(monkeypatch, sysctls):
     """`lab up` believes the lab needs one more entry than the tables allow."""
     real = kernel.plan
 
-    def plan(nodes, pods_per_node, vxlan, proc="/proc"):
-        result = real(nodes, pods_per_node, vxlan, proc)
+    def plan(nodes, pods_per_node, vxlan, proc="/proc", **options):
+        result = real(nodes, pods_per_node, vxlan, proc, **options)
         result.settings = {name: value + 1 for name, value in sysctls.items()}
         result.short = ["(test) one entry short"]
         return result

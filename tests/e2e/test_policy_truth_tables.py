@@ -141,7 +141,7 @@ CASES = [
          [(81, "TCP", everything()), (80, "TCP", lambda _: ALL().expect("x/*", "*", False))]),
     Case("ipBlock with except: x/a from the pod network but y/b",
          lambda ips: policy("cidr", "x", "podSelector: {matchLabels: {pod: a}}\n"
-                            f"ingress: [{{from: [{{ipBlock: {{cidr: 10.50.0.0/16, except: [{ips['y/b']}/32]}}}}]}}]"),
+                            f"ingress: [{{from: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{ips['y/b']}/32]}}}}]}}]"),
          [(80, "TCP", lambda _: ALL().expect("y/b", "x/a", False))]),
     Case("ipBlock egress: x/a to y/a's address only",
          lambda ips: policy("cidr-egress", "x", "podSelector: {matchLabels: {pod: a}}\n"
