@@ -377,7 +377,10 @@ class NodeRuntime:
 
     def _next_timeout(self) -> float | None:
         now, wall = time.monotonic(), time.time()
-        deadlines = [d - now for d in (self.watch.restart_at, self._stats_due) if d is not None]
+        # the journal's retry is on time.monotonic too: without a deadline here, a full disk
+        # that frees up would wait for the next event to be noticed
+        deadlines = [d - now for d in (self.watch.restart_at, self._stats_due, self.journal.retry_at)
+                     if d is not None]
         renew = self._renew_due()
         if renew is not None:
             deadlines.append(renew - wall)

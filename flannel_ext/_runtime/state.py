@@ -201,6 +201,12 @@ class StateJournal:
             if self.enabled:
                 self._compact()
 
+    @property
+    def retry_at(self) -> float | None:
+        """When `maintain()` next has work (a failed write's retry), on `clock`; None if never."""
+        with self._lock:
+            return self._retry_at if self.error else None
+
     def maintain(self) -> None:
         """Called periodically: retries a failed write when its backoff is due."""
         with self._lock:
