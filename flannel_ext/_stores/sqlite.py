@@ -419,9 +419,12 @@ class _Watcher:
                 last_version = version
                 watch.deliver(self._step(conn))
             timeout = SETTLE if settle else SAFETY_POLL
-            nxt = conn.execute("SELECT min(expiration) FROM leases WHERE typeof(expiration) "
-                               "IN ('integer', 'real')").fetchone()[0]
-            if nxt is not None:
+            # By the partial index (a typeof() filter would scan every lease per wake):
+            # numbers sort before text, so a non-number first means there is none.
+            row = conn.execute("SELECT expiration FROM leases WHERE expiration IS NOT NULL "
+                               "ORDER BY expiration LIMIT 1").fetchone()
+            nxt = row[0] if row else None
+            if isinstance(nxt, (int, float)):
                 timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
             woke = wake.wait(timeout)
             wake.clear()

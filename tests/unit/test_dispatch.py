@@ -123,8 +123,8 @@ def test_an_error_in_the_dispatcher_thread_is_reported_and_retried():
     stats = NodeStats(ready=True)
     writes = []
 
-    def save(programmed):
-        writes.append(dict(programmed))
+    def save():
+        writes.append(d.programmed())
         if len(writes) == 1:
             raise OSError(28, "No space left on device")
 
