@@ -305,6 +305,8 @@ class Result:
     rss_idle_kb: int = 0
     add_ms: list = field(default_factory=list)
     remove_ms: list = field(default_factory=list)
+    add_hook_ms: list = field(default_factory=list)      # the hook call's own share of add_ms
+    remove_hook_ms: list = field(default_factory=list)
 
 
 def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, floor_ns: str) -> Result:
@@ -340,15 +342,16 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
         result.rss_idle_kb = daemon.rss_kb()
         profiler = None
         if os.environ.get("BENCH_PROFILE"):   # BENCH_PROFILE=FILE: py-spy stacks of the steady state
-            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "500", "--pid",
+            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "1000", "--nonblocking", "--pid",
                                          str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         env = dict(line.split("=", 1) for line in daemon.subnet_file.read_text().splitlines() if "=" in line)
         own = str(ipaddress.ip_network(env["FLANNEL_SUBNET"], strict=False))
         for i in [i for i in range(n + 1, n + 2 + events) if lease_entry(i)[1] != own][:events]:
-            for op, lat, hook in (("put", result.add_ms, "SubnetAddCommand"),
-                                  ("delete", result.remove_ms, "SubnetRemoveCommand")):
+            for op, lat, hook_lat, hook in (("put", result.add_ms, result.add_hook_ms, "SubnetAddCommand"),
+                                            ("delete", result.remove_ms, result.remove_hook_ms,
+                                             "SubnetRemoveCommand")):
                 key = lease_entry(i)[0]
                 start = time.time()
                 getattr(cluster, op)(i)
@@ -357,6 +360,7 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
                     return next((t for t in daemon.read_traces() if t["hook"] == hook and t["subnet"] == key), None)
                 trace = daemon.wait(traced, 30, f"{hook} {key}")
                 lat.append((trace["ts"] - start) * 1000)
+                hook_lat.append(trace["duration"] * 1000)
                 time.sleep(0.02)
         if profiler is not None:
             profiler.send_signal(2)
@@ -400,12 +404,14 @@ def report(results: list[Result]) -> None:
               f"{r.join / r.floor:.1f} | {r.join_cpu:.2f} | {r.floor_cpu:.2f} | {spread} | {floor_spread} | "
               f"{r.rss_idle_kb / 1024:.1f} |")
     print("\nOne lease added / removed in a running cluster of N (store write → trace line)\n")
-    print("| store | recipe | N | add p50 ms | add p99 ms | remove p50 ms | remove p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| store | recipe | N | add p50 ms | add p99 ms | remove p50 ms | remove p99 ms | "
+          "hook share of add / remove p50 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if r.add_ms:
             print(f"| {r.store} | {r.recipe} | {r.n} | {pct(r.add_ms, 50):.1f} | {pct(r.add_ms, 99):.1f} | "
-                  f"{pct(r.remove_ms, 50):.1f} | {pct(r.remove_ms, 99):.1f} |")
+                  f"{pct(r.remove_ms, 50):.1f} | {pct(r.remove_ms, 99):.1f} | "
+                  f"{pct(r.add_hook_ms, 50):.2f} / {pct(r.remove_hook_ms, 50):.2f} |")
 
 
 def outer(args) -> int:

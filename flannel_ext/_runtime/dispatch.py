@@ -229,6 +229,7 @@ class Dispatcher:
         wake: float | None = None
         pending = 0
         ready: dict[str, list[tuple[Slot, RemoteLease]]] = {"remove": [], "add": []}
+        seen = len(self._ready)
         for key in list(self._ready):
             slot = self.slots.get(key)
             step = slot.next_step() if slot is not None else None
@@ -245,6 +246,10 @@ class Dispatcher:
             kind, lease = step
             if len(ready[kind]) < self.batch_size:
                 ready[kind].append((slot, lease))
+        if len(self._ready) < seen // 4:
+            # A set never shrinks and iterating it walks its whole table: after a join of
+            # 10,000 leases an almost empty `_ready` would still cost 10,000 steps a pass.
+            self._ready = set(self._ready)
         self.stats.set_retries_pending(pending)
         for kind in ("remove", "add"):   # removes first: an add may reuse what they free
             if ready[kind] and self._busy < limit:
