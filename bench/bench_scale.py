@@ -342,8 +342,9 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
         result.rss_idle_kb = daemon.rss_kb()
         profiler = None
         if os.environ.get("BENCH_PROFILE"):   # BENCH_PROFILE=FILE: py-spy stacks of the steady state
-            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "1000", "--nonblocking", "--pid",
-                                         str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
+            # --nonblocking: pausing the daemon 1000 times a second would be what we measure
+            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "1000", "--nonblocking",
+                                         "--pid", str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         env = dict(line.split("=", 1) for line in daemon.subnet_file.read_text().splitlines() if "=" in line)
