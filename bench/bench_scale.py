@@ -159,12 +159,48 @@ def scratch_node(ns: str, recipe: str) -> None:
         sh(["ip", "-n", ns, "link", "set", DEV, "up"])
 
 
+# One lease's kernel entries added then removed with flannel_ext.netlink, timed in-process:
+# the per-event floor (what the kernel itself charges at N entries, no daemon around it).
+_KERNEL_EVENT = '''
+import ipaddress, json, sys, time
+from flannel_ext import netlink
+recipe, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+eth0, dev = netlink.ifindex("eth0"), netlink.ifindex("flannel.1")
+times = {"add": [], "remove": []}
+for i in range(first, first + count):
+    a, b = (i >> 8) & 255, i & 255
+    subnet = ipaddress.IPv4Network(f"10.{a}.{b}.0/24")
+    public = str(ipaddress.IPv4Address("172.18.0.0") + i)
+    mac = f"02:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}:00:01"
+    for op, kind in (("replace", "add"), ("del", "remove")):
+        start = time.perf_counter()
+        with netlink.Batch() as batch:
+            if recipe == "host-gw":
+                batch.route(op, i, subnet, gateway=public, oif=eth0)
+            else:
+                batch.neigh(op, i, dev, str(subnet.network_address), mac)
+                batch.fdb(op, i, dev, mac, public)
+                batch.route(op, i, subnet, gateway=str(subnet.network_address), oif=dev, onlink=True)
+            failed = batch.commit()
+        times[kind].append((time.perf_counter() - start) * 1000)
+        assert not failed, failed
+print(json.dumps(times))
+'''
+
+
+def kernel_event_floor(recipe: str, n: int, ns: str, events: int) -> dict[str, list[float]]:
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _KERNEL_EVENT, recipe, str(n + 1),
+                          str(events)], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def cpu_of_children() -> float:
     usage = os.times()
     return usage.children_user + usage.children_system
 
 
-def floor(recipe: str, n: int, workdir: str, ns: str) -> tuple[float, float, list[float]]:
+def floor(recipe: str, n: int, workdir: str, ns: str,
+          events: int = 0) -> tuple[float, float, list[float], dict[str, list[float]]]:
     """(wall, CPU, per-batch wall) seconds to load the entries with iproute2 into a fresh
     node-like namespace, in the daemon's batches of 1,024 leases.
 
@@ -189,7 +225,8 @@ def floor(recipe: str, n: int, workdir: str, ns: str) -> tuple[float, float, lis
             for argv in batch:
                 subprocess.run(argv, check=True)
             walls.append(time.perf_counter() - start)
-        return sum(walls), cpu_of_children() - cpu0, walls
+        wall, cpu = sum(walls), cpu_of_children() - cpu0
+        return wall, cpu, walls, kernel_event_floor(recipe, n, ns, events) if events else {}
     finally:
         delete_netns(ns)
 
@@ -305,11 +342,16 @@ class Result:
     rss_idle_kb: int = 0
     add_ms: list = field(default_factory=list)
     remove_ms: list = field(default_factory=list)
+    add_hook_ms: list = field(default_factory=list)      # the hook call's own share of add_ms
+    remove_hook_ms: list = field(default_factory=list)
+    kernel_add_ms: list = field(default_factory=list)    # the same entries with no daemon: the floor
+    kernel_remove_ms: list = field(default_factory=list)
 
 
 def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, floor_ns: str) -> Result:
     result = Result(store_name, recipe, n)
-    result.floor, result.floor_cpu, result.floor_batches = floor(recipe, n, workdir, floor_ns)
+    result.floor, result.floor_cpu, result.floor_batches, kernel = floor(recipe, n, workdir, floor_ns, events)
+    result.kernel_add_ms, result.kernel_remove_ms = kernel.get("add", []), kernel.get("remove", [])
     cluster = STORES[store_name](workdir)
     daemon = Daemon(workdir, recipe, cluster.url)
     try:
@@ -340,15 +382,17 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
         result.rss_idle_kb = daemon.rss_kb()
         profiler = None
         if os.environ.get("BENCH_PROFILE"):   # BENCH_PROFILE=FILE: py-spy stacks of the steady state
-            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "500", "--pid",
-                                         str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
+            # --nonblocking: pausing the daemon 1000 times a second would be what we measure
+            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "1000", "--nonblocking",
+                                         "--pid", str(daemon.proc.pid), "-o", os.environ["BENCH_PROFILE"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         env = dict(line.split("=", 1) for line in daemon.subnet_file.read_text().splitlines() if "=" in line)
         own = str(ipaddress.ip_network(env["FLANNEL_SUBNET"], strict=False))
         for i in [i for i in range(n + 1, n + 2 + events) if lease_entry(i)[1] != own][:events]:
-            for op, lat, hook in (("put", result.add_ms, "SubnetAddCommand"),
-                                  ("delete", result.remove_ms, "SubnetRemoveCommand")):
+            for op, lat, hook_lat, hook in (("put", result.add_ms, result.add_hook_ms, "SubnetAddCommand"),
+                                            ("delete", result.remove_ms, result.remove_hook_ms,
+                                             "SubnetRemoveCommand")):
                 key = lease_entry(i)[0]
                 start = time.time()
                 getattr(cluster, op)(i)
@@ -357,6 +401,7 @@ def run_one(store_name: str, recipe: str, n: int, events: int, workdir: str, flo
                     return next((t for t in daemon.read_traces() if t["hook"] == hook and t["subnet"] == key), None)
                 trace = daemon.wait(traced, 30, f"{hook} {key}")
                 lat.append((trace["ts"] - start) * 1000)
+                hook_lat.append(trace["duration"] * 1000)
                 time.sleep(0.02)
         if profiler is not None:
             profiler.send_signal(2)
@@ -400,12 +445,15 @@ def report(results: list[Result]) -> None:
               f"{r.join / r.floor:.1f} | {r.join_cpu:.2f} | {r.floor_cpu:.2f} | {spread} | {floor_spread} | "
               f"{r.rss_idle_kb / 1024:.1f} |")
     print("\nOne lease added / removed in a running cluster of N (store write → trace line)\n")
-    print("| store | recipe | N | add p50 ms | add p99 ms | remove p50 ms | remove p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| store | recipe | N | add p50 ms | add p99 ms | remove p50 ms | remove p99 ms | "
+          "hook share of add / remove p50 ms | kernel floor add / remove p50 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if r.add_ms:
             print(f"| {r.store} | {r.recipe} | {r.n} | {pct(r.add_ms, 50):.1f} | {pct(r.add_ms, 99):.1f} | "
-                  f"{pct(r.remove_ms, 50):.1f} | {pct(r.remove_ms, 99):.1f} |")
+                  f"{pct(r.remove_ms, 50):.1f} | {pct(r.remove_ms, 99):.1f} | "
+                  f"{pct(r.add_hook_ms, 50):.2f} / {pct(r.remove_hook_ms, 50):.2f} | "
+                  f"{pct(r.kernel_add_ms, 50):.2f} / {pct(r.kernel_remove_ms, 50):.2f} |")
 
 
 def outer(args) -> int:

@@ -77,17 +77,20 @@ LOOP_PAUSE = (1.0, 30.0)  # pause after an unexpected error, doubling
 class Dispatcher:
     def __init__(self, caller: HookCaller, stats: NodeStats, *, backoff: Backoff | None = None,
                  batch_size: int = 1024,
-                 on_programmed: Callable[[dict[str, RemoteLease]], None] | None = None,
+                 on_programmed: Callable[[], None] | None = None,
                  journal: StateJournal | None = None):
         self.caller, self.stats = caller, stats
         self.backoff = backoff or Backoff()
         self.batch_size = batch_size
+        # Called after a pass that changed what is programmed (the journal already holds
+        # the change); no copy of the table is passed: that would be O(N) per event.
         self.on_programmed = on_programmed
         self.journal = journal          # write-ahead record around every hook call
         self.slots: dict[str, Slot] = {}
         # Keys whose slot may have a step to run: a pass looks only at these, so one event
         # in a 10,000-lease cluster costs what it costs in a 10-lease one.
         self._ready: set[str] = set()
+        self._desired_count = 0     # slots with a desired lease, kept so stats need no scan
         self._cond = threading.Condition()
         self._stop = False
         self._paused = False
@@ -102,14 +105,20 @@ class Dispatcher:
         with self._cond:
             slot = self.slots.get(key) or self.slots.setdefault(key, Slot(key))
             if not same_lease(slot.desired, lease):
+                self._desired_count += (lease is not None) - (slot.desired is not None)
                 slot.desired = lease
                 slot.attempts, slot.not_before, slot.gave_up = 0, 0.0, False
             self._ready.add(key)
             self._cond.notify_all()
 
     def desired_keys(self) -> set[str]:
+        """O(N): for a resync only; `desired_count()` is the per-event way."""
         with self._cond:
             return {k for k, s in self.slots.items() if s.desired is not None}
+
+    def desired_count(self) -> int:
+        with self._cond:
+            return self._desired_count
 
     def load_programmed(self, programmed: dict[str, RemoteLease], *, reassert: bool = True) -> None:
         """Seed from a previous run's state file (before any event is applied)."""
@@ -220,6 +229,7 @@ class Dispatcher:
         wake: float | None = None
         pending = 0
         ready: dict[str, list[tuple[Slot, RemoteLease]]] = {"remove": [], "add": []}
+        seen = len(self._ready)
         for key in list(self._ready):
             slot = self.slots.get(key)
             step = slot.next_step() if slot is not None else None
@@ -236,6 +246,10 @@ class Dispatcher:
             kind, lease = step
             if len(ready[kind]) < self.batch_size:
                 ready[kind].append((slot, lease))
+        if len(self._ready) < seen // 4:
+            # A set never shrinks and iterating it walks its whole table: after a join of
+            # 10,000 leases an almost empty `_ready` would still cost 10,000 steps a pass.
+            self._ready = set(self._ready)
         self.stats.set_retries_pending(pending)
         for kind in ("remove", "add"):   # removes first: an add may reuse what they free
             if ready[kind] and self._busy < limit:
@@ -317,10 +331,9 @@ class Dispatcher:
     def _flush(self) -> None:
         with self._cond:
             self._dirty = False
-            programmed = {k: s.programmed for k, s in self.slots.items() if s.programmed is not None}
         if self.on_programmed:
             try:
-                self.on_programmed(programmed)
+                self.on_programmed()
             except BaseException:
                 with self._cond:
                     self._dirty = True   # write it again on the next pass

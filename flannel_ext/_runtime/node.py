@@ -24,7 +24,7 @@ from flannel_ext._util.errors import FlannelExtError, HookError, StoreError
 from flannel_ext._util.files import write_atomic
 from flannel_ext._config.netconf import NetConf
 from flannel_ext._config import paths
-from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
+from flannel_ext._hooks.base import Hook, HookContext
 from flannel_ext._stores.base import AcquireRequest, LeaseStore, Snapshot
 from flannel_ext._stores.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel_ext._runtime import subnetenv
@@ -297,7 +297,7 @@ class NodeRuntime:
             log.error("ShutdownCommand failed: %s", exc)
 
     # --- stats -------------------------------------------------------------------
-    def _save_programmed(self, programmed: dict[str, RemoteLease]) -> None:
+    def _save_programmed(self) -> None:
         if self.options.dry_run:
             return
         self.journal.checkpoint()  # the journal is written around each call; this compacts it
@@ -318,7 +318,7 @@ class NodeRuntime:
         if self.options.dry_run:
             return
         self._stats_at = time.monotonic()
-        self.stats.leases_known = len(self.dispatcher.desired_keys())
+        self.stats.leases_known = self.dispatcher.desired_count()
         snap = self.stats.snapshot()
         snap.update(node=self.options.node_name, public_ip=self.public_ip, pid=os.getpid())
         text = json.dumps(snap, sort_keys=True)

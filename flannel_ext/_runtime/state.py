@@ -216,7 +216,7 @@ class StateJournal:
     def checkpoint(self) -> None:
         """A good moment for a snapshot (nothing in flight): compact a long journal."""
         with self._lock:
-            if self.enabled and not self.error and self._records >= self.compact_every:
+            if self.enabled and not self.error and self._due():
                 self._compact()
 
     def close(self) -> None:
@@ -246,8 +246,13 @@ class StateJournal:
             self._failed(exc)
             return
         self._records += 1
-        if self._records >= max(self.compact_every, 2 * len(self.entries)):
+        if self._due():
             self._compact()
+
+    def _due(self) -> bool:
+        """Compact once the journal outgrows the table: a snapshot is O(N), so at most one per
+        ~2N records keeps the cost per event O(1) amortised at any N."""
+        return self._records >= max(self.compact_every, 2 * len(self.entries))
 
     def _compact(self) -> None:
         doc = {"version": 2, "own": self.own, **self.identity.to_json(),

@@ -377,6 +377,17 @@ class _DbChanges:
             self.wake.set()
 
 
+NEXT_EXPIRY = "SELECT expiration FROM leases WHERE expiration IS NOT NULL ORDER BY expiration LIMIT 1"
+
+
+def _next_expiry(conn: sqlite3.Connection) -> float | None:
+    """The earliest numeric expiration, by the partial index: one step per wake at any
+    N (a typeof() filter scanned every lease). Numbers sort before text and BLOBs, so a
+    hand-written "tomorrow" first means there is no numeric one."""
+    row = conn.execute(NEXT_EXPIRY).fetchone()
+    return row[0] if row and isinstance(row[0], (int, float)) else None
+
+
 class _Watcher:
     """One watch: its own connection and file observer, and the leases it has reported."""
 
@@ -419,8 +430,7 @@ class _Watcher:
                 last_version = version
                 watch.deliver(self._step(conn))
             timeout = SETTLE if settle else SAFETY_POLL
-            nxt = conn.execute("SELECT min(expiration) FROM leases WHERE typeof(expiration) "
-                               "IN ('integer', 'real')").fetchone()[0]
+            nxt = _next_expiry(conn)
             if nxt is not None:
                 timeout = min(timeout, max(0.0, nxt - store.clock()) + 0.001)
             woke = wake.wait(timeout)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 import threading
 
 from flannel_ext import Hook, HookContext, PermanentError, RemoteLease
@@ -123,8 +124,8 @@ def test_an_error_in_the_dispatcher_thread_is_reported_and_retried():
     stats = NodeStats(ready=True)
     writes = []
 
-    def save(programmed):
-        writes.append(dict(programmed))
+    def save():
+        writes.append(d.programmed())
         if len(writes) == 1:
             raise OSError(28, "No space left on device")
 
@@ -139,5 +140,26 @@ def test_an_error_in_the_dispatcher_thread_is_reported_and_retried():
         assert "10.9.1.0-24" in writes[-1] and stats.is_ready()
         d.set_desired("10.9.2.0-24", lease("bb", "10.9.2.0/24"))   # the thread is still alive
         wait_for(lambda: ("add", "bb") in hook.calls)
+    finally:
+        d.stop()
+
+
+def test_after_a_join_a_pass_costs_nothing_per_programmed_lease():
+    """The ready set is rebuilt once drained (an emptied set still walks its whole table on
+    every pass) and the desired count is kept, not counted: both O(1) per event at any N."""
+    hook = RecordingHook()
+    d = make(hook)
+    try:
+        subnets = [ipaddress.IPv4Network(f"10.9.{i >> 8}.{i & 255}/32") for i in range(3000)]
+        for net in subnets:
+            d.set_desired(f"{net.network_address}-32", lease("aa", str(net)))
+        wait_for(lambda: len(d.programmed()) == 3000, timeout=30)
+        drained = sys.getsizeof(set(range(8)))
+        wait_for(lambda: sys.getsizeof(d._ready) <= drained)
+        assert d.desired_count() == len(d.desired_keys()) == 3000
+        for net in subnets[:1000]:
+            d.set_desired(f"{net.network_address}-32", None)
+        wait_for(lambda: len(d.programmed()) == 2000, timeout=30)
+        assert d.desired_count() == len(d.desired_keys()) == 2000
     finally:
         d.stop()

@@ -16,7 +16,7 @@ from flannel_ext.testing import EventCollector
 from flannel_ext._stores.kube_annotations import AnnotationNames, NodeTracker
 from flannel_ext._stores.lease import (EventType, LeaseAttrs, MAX_VALUE_BYTES, display_key, parse_entry,
                                       parse_subnet_key)
-from flannel_ext._stores.sqlite import SqliteStore
+from flannel_ext._stores.sqlite import NEXT_EXPIRY, SqliteStore, _next_expiry
 from flannel_ext._util import gojson
 
 GOOD = '{"PublicIP":"192.168.1.2","PublicIPv6":null,"BackendType":"extension","BackendData":"x"}'
@@ -245,3 +245,22 @@ def test_kube_malformed_node_objects_do_not_raise():
     assert [e.type for e in tracker.update(odd)] == [EventType.REJECTED]
     assert tracker.update({"metadata": ["not", "a", "dict"]}) == []
     assert tracker.update({"metadata": {"name": "n", "annotations": ["x"]}}) == []
+
+
+def test_sqlite_next_expiry_skips_text_and_uses_the_index(tmp_path):
+    """The watcher asks this on every wake: it must not scan the table, nor take garbage
+    ("tomorrow") for a time."""
+    db = tmp_path / "leases.db"
+    SqliteStore(db).close()
+    _raw_insert(db, "10.1.4.0-24", GOOD, expiration="tomorrow")
+    conn = sqlite3.connect(db)
+    try:
+        assert _next_expiry(conn) is None
+        _raw_insert(db, "10.1.5.0-24", GOOD, expiration=2000.5)
+        _raw_insert(db, "10.1.6.0-24", GOOD, expiration=1000)
+        _raw_insert(db, "10.1.7.0-24", GOOD)
+        assert _next_expiry(conn) == 1000
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + NEXT_EXPIRY))
+        assert "INDEX leases_expiration" in plan
+    finally:
+        conn.close()

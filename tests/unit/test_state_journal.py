@@ -164,3 +164,23 @@ def test_an_unusable_state_dir_is_one_clear_error(tmp_path):
     with pytest.raises(StateDirError) as info:
         StateDirLock(str(tmp_path / "file" / "state")).acquire()
     assert "cannot lock the state dir" in str(info.value) and "--state-dir" in str(info.value)
+
+
+def test_a_checkpoint_compacts_only_a_journal_longer_than_twice_the_table(tmp_path):
+    """The dispatcher checkpoints after every pass: a snapshot of N entries each time the
+    journal passes `compact_every` lines would be O(N) per ~256 events at N = 10,000."""
+    j = journal(tmp_path, compact_every=8)
+    j.intend("add", [lease(n) for n in range(100)])
+    j.done("add", {lease(n).key: None for n in range(100)})
+    for n in range(20):
+        j.intend("add", [lease(n, f"192.168.77.{n + 10}")])
+        j.done("add", {lease(n).key: None})
+        j.checkpoint()
+    assert len((tmp_path / "journal.log").read_text().splitlines()) == 42   # not compacted yet
+    for n in range(80):
+        j.intend("add", [lease(n, f"192.168.78.{n}")])
+        j.done("add", {lease(n).key: None})
+        j.checkpoint()
+    assert len((tmp_path / "journal.log").read_text().splitlines()) < 200
+    recovered = StateJournal(str(tmp_path), HERE).recover()
+    assert recovered[lease(79).key].public_ip == "192.168.78.79" and len(recovered) == 100
