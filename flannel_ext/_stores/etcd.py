@@ -61,8 +61,10 @@ class EtcdStore:
         self._rejected: set[str] = set()          # keys whose entry did not parse
         self._expiry: dict[int, float] = {}       # etcd lease ID -> absolute expiry
         self._granted: dict[str, int] = {}        # key -> etcd lease ID this store granted
-        # acquire's read (minus the keys it deleted) and its revision, for the next list()
+        # acquire's read (minus the keys it deleted) and its revision, for the next list();
+        # kept only before a watch starts (start-up), so a later re-acquire holds no copy
         self._pending: tuple[dict[str, _Entry], int] | None = None
+        self._watching = False
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, keyfile: str | None = None,
@@ -234,7 +236,7 @@ class EtcdStore:
                 got = self._put(plan.reuse.with_attrs(request.attrs), ttl,
                                 {"target": "MOD", "result": "EQUAL", "mod_revision": entry.mod_revision})
                 if got is not None:
-                    self._pending = (entries, revision)
+                    self._keep_for_list(entries, revision)
                     return got
                 continue   # it changed behind our back: plan again
             if out_of_subnets(plan, config):
@@ -246,10 +248,14 @@ class EtcdStore:
                 lease = Lease(subnet, request.attrs, ipv6_subnet)
                 got = self._put(lease, request.ttl, {"target": "VERSION", "result": "EQUAL", "version": 0})
                 if got is not None and (ipv6_subnet is None or subnet is None or self._won_dual(got)):
-                    self._pending = (entries, revision)
+                    self._keep_for_list(entries, revision)
                     return got
                 log.info("subnet %s was taken concurrently; trying the next candidate", lease.key)
         raise LeaseConflict(f"lost the race for every free subnet {RACE_ROUNDS} times")
+
+    def _keep_for_list(self, entries: dict[str, _Entry], revision: int) -> None:
+        if not self._watching:
+            self._pending = (entries, revision)
 
     def _won_dual(self, ours: Lease) -> bool:
         # A dual-stack key only guards the exact v4&v6 pair, so two nodes can hold the same
@@ -286,6 +292,7 @@ class EtcdStore:
 
     def watch(self, revision: int, sink: EventSink) -> Watch:
         """Events after `revision`; reconnects with backoff; re-lists after compaction."""
+        self._watching, self._pending = True, None
         return Watch("etcd-watch", lambda watch: self._watch_loop(revision, watch), sink).start()
 
     def _watch_loop(self, revision: int, watch: Watch) -> None:

@@ -169,6 +169,16 @@ def test_list_after_acquire_reads_only_what_changed(etcd_server, store):
     assert calls == ["/kv/txn", "/kv/range"]
     assert "10.5.11.0-24" not in {x.key for x in snap.leases} and len(snap.leases) == 4
 
+    # Once watching (a re-acquire in a running node), acquire keeps no copy of its read.
+    watcher = Watcher(store, snap.revision)
+    try:
+        store.acquire(request())
+        calls.clear()
+        store.list()
+        assert calls == ["/kv/range"]
+    finally:
+        watcher.close()
+
 
 def test_dual_stack_key(etcd_server, store):
     config = NetConf(network=ipaddress.IPv4Network("10.5.0.0/16"), enable_ipv6=True,
