@@ -56,7 +56,7 @@ class Result:
     error: str = ""            # the last TCP failure, for the report
 
 
-@dataclass(eq=False)   # identity: `conns.remove` must not compare fields 9,900 times over
+@dataclass(eq=False)   # identity hash: the open connections are a set
 class _Conn:
     src: int
     dst: int
@@ -93,40 +93,41 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
     results = {(a.name, b.name): Result(icmp=False if icmp else None)
                for a in pods for b in pods if a.name != b.name}
     sel = selectors.DefaultSelector()
-    conns: list[_Conn] = []
+    conns: set[_Conn] = set()
     raws: dict[int, socket.socket] = {}
     base = os.getpid() & 0x7FFF
 
-    def open_tcp(src: int, dst: int, tries: int = 1) -> None:
-        with netns(pods[src].name):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
+    def open_tcp(src: int, dst: int, tries: int = 1, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            with netns(pods[src].name):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
         sock.setblocking(False)
         conn = _Conn(src, dst, sock, tries=tries)
         rc = sock.connect_ex((pods[dst].ip, port))
         if rc not in (0, errno.EINPROGRESS):
             fail(conn, rc)
             return
-        conns.append(conn)
+        conns.add(conn)
         sel.register(sock, selectors.EVENT_WRITE, conn)
 
     def fail(conn: _Conn, err: int | str) -> None:
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(conn.sock)
         conn.sock.close()
-        if conn in conns:
-            conns.remove(conn)
+        conns.discard(conn)
         key = (pods[conn.src].name, pods[conn.dst].name)
         results[key].error = err if isinstance(err, str) else os.strerror(err)
         retry.append((time.monotonic() + 0.1 * min(conn.tries, 5), conn.src, conn.dst, conn.tries + 1))
 
     retry: list[tuple[float, int, int, int]] = []
     for i in range(len(pods)):
-        for j in range(len(pods)):
-            if i != j:
-                open_tcp(i, j)
-        if icmp:
-            with netns(pods[i].name):
-                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        with netns(pods[i].name):  # one switch per source pod for all its sockets
+            socks = {j: socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
+                     for j in range(len(pods)) if j != i}
+            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if icmp else None
+        for j, sock in socks.items():
+            open_tcp(i, j, sock=sock)
+        if raw is not None:
             raw.setblocking(False)
             raws[i] = raw
             sel.register(raw, selectors.EVENT_READ, ("icmp", i))
@@ -138,8 +139,16 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
     def pending() -> bool:
         return any(not r.tcp or r.icmp is False for r in results.values())
 
+    # The scans over every pair (what is pending, which connects are stale) run every
+    # 0.05 s, not per selector wake-up: at 9,900 pairs they would cost more than the probes.
+    next_scan = 0.0
     try:
-        while pending() and (now := time.monotonic()) < deadline:
+        while (now := time.monotonic()) < deadline:
+            scan = now >= next_scan
+            if scan:
+                if not pending():
+                    break
+                next_scan = now + 0.05
             if icmp and now >= next_ping:  # (re)send unanswered echoes every 0.3 s
                 for i, raw in raws.items():
                     for j, dst in enumerate(pods):
@@ -167,10 +176,10 @@ def probe(pods: list[Target], port: int, timeout: float = 3.0, icmp: bool = True
             # SYN queued behind an unresolved neighbour may be dropped, and the kernel's
             # own retransmit waits 1 s, so start a fresh attempt after 0.25 s instead.
             now = time.monotonic()
-            for conn in [c for c in conns if not c.connected and now - c.started > 0.25]:
+            for conn in [c for c in conns if not c.connected and now - c.started > 0.25] if scan else ():
                 sel.unregister(conn.sock)
                 conn.sock.close()
-                conns.remove(conn)
+                conns.discard(conn)
                 open_tcp(conn.src, conn.dst, conn.tries + 1)
     finally:
         _close(sel, [conn.sock for conn in conns], raws.values())
@@ -206,7 +215,7 @@ def _read_tcp(conn: _Conn, pods, results, sel, conns) -> None:
         return
     sel.unregister(conn.sock)
     conn.sock.close()
-    conns.remove(conn)
+    conns.discard(conn)
     res = results[(pods[conn.src].name, pods[conn.dst].name)]
     answer = conn.got.decode(errors="replace").strip()
     if answer == pods[conn.dst].name:
