@@ -39,8 +39,8 @@ def netns_prefix():
     _needs_root()
     prefix = f"fxt{os.getpid() % 100000}{next(_counter)}-"
     yield prefix
-    for name in list_netns(prefix):
-        delete_netns(name)
+    left = [name for name in list_netns(prefix) if not delete_netns(name)]
+    assert not left, f"network namespaces could not be removed: {left}"
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ pytest_plugins = ["flannel_ext.testing"]
 REQUIRED_TOOLS = {
     "etcd": "etcd-server", "etcdctl": "etcd-client", "shellcheck": "shellcheck", "make": "make",
     "ip": "iproute2", "bridge": "iproute2", "nft": "nftables", "podman": "podman", "runc": "runc",
+    "curl": "curl", "nsenter": "util-linux", "unshare": "util-linux", "openssl": "openssl",
+    "systemd-analyze": "systemd",
 }
 
 

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from flannel_ext._util.errors import CommandError
@@ -64,17 +65,25 @@ def create_netns(name: str) -> str:
     return name
 
 
-def delete_netns(name: str) -> None:
-    """Kill what still runs inside `name`, then delete it. Missing is fine."""
-    if not ns_exists(name):
-        return
-    pids = sh(["ip", "netns", "pids", name], check=False).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
-    sh(["ip", "netns", "del", name], check=False)
+def delete_netns(name: str, timeout: float = 5.0) -> bool:
+    """Kill what still runs inside `name`, then delete it; True once it is gone (missing is fine).
+
+    A process that was just killed, or one in another mount namespace (`unshare -m`) holding a
+    copy of the /run/netns mount, keeps the name busy (EBUSY) until it has really exited, so
+    the delete is retried until then rather than tried once and left behind.
+    """
+    deadline = time.monotonic() + timeout
+    while ns_exists(name):
+        for pid in sh(["ip", "netns", "pids", name], check=False).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh(["ip", "netns", "del", name], check=False)
+        if not ns_exists(name) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return not ns_exists(name)
 
 
 @dataclass

@@ -8,7 +8,6 @@ equal what the store holds. No timing assertions: `settle` waits up to 60 s.
 from __future__ import annotations
 
 import random
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -30,8 +29,6 @@ class Args:
 @pytest.fixture
 def bed(request, netns_prefix):
     store, recipe = request.param
-    if store == "etcd" and shutil.which("etcd") is None:
-        pytest.skip("needs etcd-server")
     bed = Bed(netns_prefix, store, recipe)
     yield bed.setup()
     bed.teardown()
@@ -54,7 +51,6 @@ def test_sigterm_mid_burst_exits_cleanly(bed):
     assert (row.unclean, row.stale, row.missing) == (0, 0, 0), bed.node.log()[-3000:]
 
 
-@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd-server")
 @pytest.mark.parametrize("bed", [("etcd", "shell host-gw (flannel)")], indirect=True, ids=["etcd-hostgw"])
 def test_etcd_restart_mid_burst_loses_nothing(bed):
     row = soak.Row(bed.store_kind, bed.recipe, "etcd restart")

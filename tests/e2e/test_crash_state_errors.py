@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 
-import pytest
 
 from examples import FLANNEL_EXAMPLES
 from flannel_ext._stores.lease import Lease, LeaseAttrs
@@ -63,8 +62,6 @@ def peer(store: SqliteStore, n: int) -> str:
     return subnet
 
 
-@pytest.mark.skipif(shutil.which("nsenter") is None or shutil.which("curl") is None,
-                    reason="needs nsenter and curl")
 def test_full_state_dir_is_reported_and_retried(underlay, netns_prefix, tmp_path, daemons):
     ns = f"{netns_prefix}n0"
     underlay.add_node(ns, 0)
