@@ -13,9 +13,10 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
+
+from policy_lab import lab_cmd
 
 from flannel_ext._util.netns import ip_json, list_netns, sh
 from flannel_ext._lab import check, daemons, pods, topology
@@ -26,9 +27,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 NETWORK = "10.244.0.0/16"  # the shipped recipes' Network, so a live switch keeps it
 
 
-def lab_cmd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flannel_ext", "lab", *args],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -64,14 +62,6 @@ def full_matrix(doc: dict, pods_expected: int) -> None:
         [p for p in doc["pairs"] if not p["ok"]]
     assert all(p["tcp"] and p["icmp"] for p in doc["pairs"])
 
-
-@pytest.fixture
-def lab_name(netns_prefix):
-    name = netns_prefix.rstrip("-")
-    try:
-        yield name
-    finally:
-        lab_cmd("down", "--name", name)
 
 
 def up(name: str, net_conf: pathlib.Path, nodes: int = 3) -> str:

@@ -8,7 +8,6 @@ import os
 import pathlib
 import sys
 
-import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from policy_lab import PODS, REPO, Reachability, lab_cmd, node_of, ok, pods_yaml
@@ -16,14 +15,6 @@ from policy_lab import PODS, REPO, Reachability, lab_cmd, node_of, ok, pods_yaml
 from flannel_ext._lab.pods import sctp_available
 from flannel_ext._lab.state import lab_dir
 
-
-@pytest.fixture
-def lab_name(netns_prefix):
-    name = netns_prefix.rstrip("-")
-    try:
-        yield name
-    finally:
-        lab_cmd("down", "--name", name)
 
 
 def _table(name: str, port: int, protocol: str, *extra: str) -> tuple[int, dict]:
