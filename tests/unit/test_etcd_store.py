@@ -121,65 +121,6 @@ def test_expiration_from_time_to_live_when_asked(etcd_server, store):
         with_ttl.close()
 
 
-def _value(ip: str) -> str:
-    return json.dumps({"PublicIP": ip, "PublicIPv6": None, "BackendType": "extension",
-                       "BackendData": "aa:bb:cc:dd:ee:ff"}, separators=(",", ":"))
-
-
-def _paths(store: EtcdStore) -> list[str]:
-    """Record the gateway paths `store` calls from now on."""
-    calls: list[str] = []
-    real = store.gateway.call
-
-    def call(path, payload):
-        calls.append(path)
-        return real(path, payload)
-    store.gateway.call = call   # type: ignore[method-assign]
-    return calls
-
-
-def test_list_after_acquire_reads_only_what_changed(etcd_server, store):
-    """Start-up reads the prefix once: the list after acquire is acquire's read plus the
-    keys written since, and the same snapshot a fresh read gives."""
-    for i in range(3):
-        etcd_server.etcdctl("put", SUBNETS + f"10.5.{10 + i}.0-24", _value(f"192.168.2.{i}"))
-    ours = store.acquire(request())
-    etcd_server.etcdctl("put", SUBNETS + "10.5.20.0-24", _value("192.168.2.20"))     # added
-    etcd_server.etcdctl("put", SUBNETS + "10.5.10.0-24", _value("192.168.2.99"))     # changed
-    etcd_server.etcdctl("put", SUBNETS + "10.5.30.0-24", "garbage{")                 # rejected
-    calls = _paths(store)
-    snap = store.list()
-    assert calls == ["/kv/txn"]
-    reference = store_for(etcd_server)
-    try:
-        fresh = reference.list()
-    finally:
-        reference.close()
-    assert snap.revision == fresh.revision
-    assert sorted((x.key, x.attrs) for x in snap.leases) == sorted((x.key, x.attrs) for x in fresh.leases)
-    assert len(snap.leases) == 5 and ours.key in {x.key for x in snap.leases}
-    assert [e.key for e in snap.rejected] == [e.key for e in fresh.rejected] == ["10.5.30.0-24"]
-    assert store.list().revision == snap.revision and calls[-1] == "/kv/range"   # only once
-
-    # A key deleted meanwhile shows only in the count: the list reads everything again.
-    store.acquire(request())
-    etcd_server.etcdctl("del", SUBNETS + "10.5.11.0-24")
-    calls.clear()
-    snap = store.list()
-    assert calls == ["/kv/txn", "/kv/range"]
-    assert "10.5.11.0-24" not in {x.key for x in snap.leases} and len(snap.leases) == 4
-
-    # Once watching (a re-acquire in a running node), acquire keeps no copy of its read.
-    watcher = Watcher(store, snap.revision)
-    try:
-        store.acquire(request())
-        calls.clear()
-        store.list()
-        assert calls == ["/kv/range"]
-    finally:
-        watcher.close()
-
-
 def test_dual_stack_key(etcd_server, store):
     config = NetConf(network=ipaddress.IPv4Network("10.5.0.0/16"), enable_ipv6=True,
                      ipv6_network=ipaddress.IPv6Network("fc00::/48"), backend_type="extension")
