@@ -61,6 +61,10 @@ class EtcdStore:
         self._rejected: set[str] = set()          # keys whose entry did not parse
         self._expiry: dict[int, float] = {}       # etcd lease ID -> absolute expiry
         self._granted: dict[str, int] = {}        # key -> etcd lease ID this store granted
+        # acquire's read (minus the keys it deleted) and its revision, for the next list();
+        # kept only before a watch starts (start-up), so a later re-acquire holds no copy
+        self._pending: tuple[dict[str, _Entry], int] | None = None
+        self._watching = False
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, keyfile: str | None = None,
@@ -89,13 +93,35 @@ class EtcdStore:
     def _read(self) -> tuple[dict[str, _Entry], int]:
         reply = self.gateway.call("/kv/range", {"key": b64(self._subnets),
                                                 "range_end": b64(prefix_end(self._subnets))})
-        entries = [self._entry(kv) for kv in reply.get("kvs") or []]
+        entries = self._resolved([self._entry(kv) for kv in reply.get("kvs") or []])
+        self._prune_expiries(entries)
+        return entries, int(reply["header"]["revision"])
+
+    def _refresh(self, entries: dict[str, _Entry], revision: int) -> tuple[dict[str, _Entry], int] | None:
+        """`entries` read at `revision` brought up to date with one small read: the keys
+        written since, and the key count at the same revision. None when a key was deleted
+        meanwhile (it shows only as a count mismatch): the caller reads everything again."""
+        span = {"key": b64(self._subnets), "range_end": b64(prefix_end(self._subnets))}
+        reply = self.gateway.call("/kv/txn", {"success": [
+            {"request_range": dict(span, min_mod_revision=revision + 1)},
+            {"request_range": dict(span, count_only=True)}]})
+        changed, counted = (r.get("response_range", {}) for r in reply.get("responses") or [{}, {}])
+        fresh = dict(entries)
+        fresh.update(self._resolved([self._entry(kv) for kv in changed.get("kvs") or []]))
+        if int(counted.get("count", 0)) != len(fresh):
+            return None
+        self._prune_expiries(fresh)
+        return fresh, int(reply["header"]["revision"])
+
+    def _prune_expiries(self, entries: dict[str, _Entry]) -> None:
+        live = {e.lease_id for e in entries.values()} | set(self._granted.values())
+        self._expiry = {i: t for i, t in self._expiry.items() if i in live}   # bounded by the keys
+
+    def _resolved(self, entries: builtins.list[_Entry]) -> dict[str, _Entry]:
+        """Entries with their expiry (when `resolve_ttl`), by key."""
         if self.resolve_ttl:
             self._resolve_expiries({e.lease_id for e in entries if e.lease_id})
-        entries = [self._with_expiry(e) for e in entries]
-        live = {e.lease_id for e in entries} | set(self._granted.values())
-        self._expiry = {i: t for i, t in self._expiry.items() if i in live}   # bounded by the keys
-        return {e.key: e for e in entries}, int(reply["header"]["revision"])
+        return {e.key: self._with_expiry(e) for e in entries}
 
     def _entry(self, kv: dict) -> _Entry:
         """One key-value as etcd returned it; a key or value flannel would not write (bad
@@ -136,8 +162,13 @@ class EtcdStore:
         return _Entry(entry.key, lease, entry.reason, entry.mod_revision, entry.create_revision, entry.lease_id)
 
     def list(self) -> Snapshot:
-        """Every lease at one revision; also seeds the cache the watch diffs against."""
-        entries, revision = self._read()
+        """Every lease at one revision; also seeds the cache the watch diffs against.
+
+        Right after acquire this is acquire's read plus what changed since (one small
+        read instead of every lease again: start-up reads the prefix once)."""
+        pending, self._pending = self._pending, None
+        fresh = self._refresh(*pending) if pending is not None else None
+        entries, revision = fresh if fresh is not None else self._read()
         leases = [e.lease for e in entries.values() if e.lease is not None]
         rejected = [LeaseEvent.rejected(e.key, e.reason) for e in entries.values() if e.lease is None]
         with self._lock:
@@ -190,12 +221,14 @@ class EtcdStore:
     def acquire(self, request: AcquireRequest) -> Lease:
         """flannel's tryAcquireLease, but a lost create race tries the next candidate."""
         config = request.config
+        self._pending = None
         for _ in range(RACE_ROUNDS):
-            entries, _ = self._read()
+            entries, revision = self._read()
             plan = plan_acquire(request, [e.lease for e in entries.values() if e.lease is not None])
             for stale in plan.delete:
                 log.info("deleting our incompatible lease %s", stale.key)
                 self._delete(stale.key)
+                entries.pop(stale.key, None)
             if plan.reuse is not None:
                 entry = entries[plan.reuse.key]
                 # A reservation (a key with no etcd lease) stays one, as in flannel.
@@ -203,6 +236,7 @@ class EtcdStore:
                 got = self._put(plan.reuse.with_attrs(request.attrs), ttl,
                                 {"target": "MOD", "result": "EQUAL", "mod_revision": entry.mod_revision})
                 if got is not None:
+                    self._keep_for_list(entries, revision)
                     return got
                 continue   # it changed behind our back: plan again
             if out_of_subnets(plan, config):
@@ -214,9 +248,14 @@ class EtcdStore:
                 lease = Lease(subnet, request.attrs, ipv6_subnet)
                 got = self._put(lease, request.ttl, {"target": "VERSION", "result": "EQUAL", "version": 0})
                 if got is not None and (ipv6_subnet is None or subnet is None or self._won_dual(got)):
+                    self._keep_for_list(entries, revision)
                     return got
                 log.info("subnet %s was taken concurrently; trying the next candidate", lease.key)
         raise LeaseConflict(f"lost the race for every free subnet {RACE_ROUNDS} times")
+
+    def _keep_for_list(self, entries: dict[str, _Entry], revision: int) -> None:
+        if not self._watching:
+            self._pending = (entries, revision)
 
     def _won_dual(self, ours: Lease) -> bool:
         # A dual-stack key only guards the exact v4&v6 pair, so two nodes can hold the same
@@ -253,6 +292,7 @@ class EtcdStore:
 
     def watch(self, revision: int, sink: EventSink) -> Watch:
         """Events after `revision`; reconnects with backoff; re-lists after compaction."""
+        self._watching, self._pending = True, None
         return Watch("etcd-watch", lambda watch: self._watch_loop(revision, watch), sink).start()
 
     def _watch_loop(self, revision: int, watch: Watch) -> None:

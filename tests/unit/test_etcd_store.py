@@ -121,6 +121,67 @@ def test_expiration_from_time_to_live_when_asked(etcd_server, store):
         with_ttl.close()
 
 
+def _value(ip: str) -> str:
+    return json.dumps({"PublicIP": ip, "PublicIPv6": None, "BackendType": "extension",
+                       "BackendData": "aa:bb:cc:dd:ee:ff"}, separators=(",", ":"))
+
+
+def _paths(store: EtcdStore) -> list[str]:
+    """Record the gateway paths `store` calls from now on."""
+    calls: list[str] = []
+    real = store.gateway.call
+
+    def call(path, payload):
+        calls.append(path)
+        return real(path, payload)
+    store.gateway.call = call   # type: ignore[method-assign]
+    return calls
+
+
+def test_list_after_acquire_reads_only_what_changed(etcd_server, store):
+    """Start-up reads the prefix once: the list after acquire is acquire's read plus the
+    keys written since, and the same snapshot a fresh read gives. The keys written by hand
+    are 10.5.2xx: acquire draws from the first 100 free subnets, and one it drew would be
+    overwritten (a CI run once had 4 leases instead of 5 that way)."""
+    for i in range(3):
+        etcd_server.etcdctl("put", SUBNETS + f"10.5.{210 + i}.0-24", _value(f"192.168.2.{i}"))
+    ours = store.acquire(request())
+    etcd_server.etcdctl("put", SUBNETS + "10.5.220.0-24", _value("192.168.2.20"))     # added
+    etcd_server.etcdctl("put", SUBNETS + "10.5.210.0-24", _value("192.168.2.99"))     # changed
+    etcd_server.etcdctl("put", SUBNETS + "10.5.230.0-24", "garbage{")                 # rejected
+    calls = _paths(store)
+    snap = store.list()
+    assert calls == ["/kv/txn"]
+    reference = store_for(etcd_server)
+    try:
+        fresh = reference.list()
+    finally:
+        reference.close()
+    assert snap.revision == fresh.revision
+    assert sorted((x.key, x.attrs) for x in snap.leases) == sorted((x.key, x.attrs) for x in fresh.leases)
+    assert len(snap.leases) == 5 and ours.key in {x.key for x in snap.leases}
+    assert [e.key for e in snap.rejected] == [e.key for e in fresh.rejected] == ["10.5.230.0-24"]
+    assert store.list().revision == snap.revision and calls[-1] == "/kv/range"   # only once
+
+    # A key deleted meanwhile shows only in the count: the list reads everything again.
+    store.acquire(request())
+    etcd_server.etcdctl("del", SUBNETS + "10.5.211.0-24")
+    calls.clear()
+    snap = store.list()
+    assert calls == ["/kv/txn", "/kv/range"]
+    assert "10.5.211.0-24" not in {x.key for x in snap.leases} and len(snap.leases) == 4
+
+    # Once watching (a re-acquire in a running node), acquire keeps no copy of its read.
+    watcher = Watcher(store, snap.revision)
+    try:
+        store.acquire(request())
+        calls.clear()
+        store.list()
+        assert calls == ["/kv/range"]
+    finally:
+        watcher.close()
+
+
 def test_dual_stack_key(etcd_server, store):
     config = NetConf(network=ipaddress.IPv4Network("10.5.0.0/16"), enable_ipv6=True,
                      ipv6_network=ipaddress.IPv6Network("fc00::/48"), backend_type="extension")
@@ -217,9 +278,11 @@ def test_compaction_relists_and_yields_the_diff(etcd_server, store):
     gone = store.acquire(request(ip="192.168.1.1"))
     kept = store.acquire(request(ip="192.168.1.2"))
     revision = store.list().revision    # the cache now knows both
+    # `fresh` before the release: acquired after it, it could draw gone's subnet at random
+    # (about 1 run in 100), and the re-list would then see that key changed, not removed.
+    fresh = store.acquire(request(ip="192.168.1.3"))
     store.release(gone)
     changed = store.acquire(request(ip="192.168.1.2", data="new"))
-    fresh = store.acquire(request(ip="192.168.1.3"))
     etcdctl_rev = json.loads(etcd_server.etcdctl("get", "-w", "json", "x"))["header"]["revision"]
     etcd_server.etcdctl("compaction", str(etcdctl_rev))
     watcher = Watcher(store, revision)
@@ -245,13 +308,13 @@ def test_compaction_relists_and_yields_the_diff(etcd_server, store):
 def test_reads_leases_written_by_flannel(etcd_server, store, value, data):
     watcher = Watcher(store, store.list().revision)
     try:
-        etcd_server.etcdctl("put", SUBNETS + "10.5.20.0-24", value)
-        added = watcher.wait_for(is_event(EventType.ADDED, "10.5.20.0-24"), "ADDED")
+        etcd_server.etcdctl("put", SUBNETS + "10.5.220.0-24", value)
+        added = watcher.wait_for(is_event(EventType.ADDED, "10.5.220.0-24"), "ADDED")
     finally:
         watcher.close()
     (lease,) = store.list().leases
     assert added.lease.attrs == lease.attrs
-    assert lease.subnet == ipaddress.IPv4Network("10.5.20.0/24")
+    assert lease.subnet == ipaddress.IPv4Network("10.5.220.0/24")
     assert lease.attrs.backend_data_value() == data
     assert lease.attrs.to_json() == value   # re-encodes to flannel's exact bytes
     assert lease.expiration is None         # written without an etcd lease: a reservation
@@ -260,23 +323,23 @@ def test_reads_leases_written_by_flannel(etcd_server, store, value, data):
 def test_malformed_entries_are_rejected_and_nothing_else_changes(etcd_server, store):
     good = store.acquire(request())
     etcd_server.etcdctl("put", SUBNETS + "not-a-subnet", '{"PublicIP":"1.2.3.4"}')
-    etcd_server.etcdctl("put", SUBNETS + "10.5.30.0-24", "garbage{")
+    etcd_server.etcdctl("put", SUBNETS + "10.5.230.0-24", "garbage{")
     snap = store.list()
     assert [x.key for x in snap.leases] == [good.key]
-    assert sorted(e.key for e in snap.rejected) == ["10.5.30.0-24", "not-a-subnet"]
+    assert sorted(e.key for e in snap.rejected) == ["10.5.230.0-24", "not-a-subnet"]
     assert all(e.type is EventType.REJECTED and e.reason for e in snap.rejected)
 
     watcher = Watcher(store, snap.revision)
     try:
-        etcd_server.etcdctl("put", SUBNETS + "10.5.31.0-24", "[1,2]")
-        etcd_server.etcdctl("put", SUBNETS + "10.5.32.0/24", "{}")
-        etcd_server.etcdctl("del", SUBNETS + "10.5.30.0-24")    # a rejected key goes away quietly
+        etcd_server.etcdctl("put", SUBNETS + "10.5.231.0-24", "[1,2]")
+        etcd_server.etcdctl("put", SUBNETS + "10.5.232.0/24", "{}")
+        etcd_server.etcdctl("del", SUBNETS + "10.5.230.0-24")    # a rejected key goes away quietly
         late = store.acquire(request(ip="192.168.1.9"))
         watcher.wait_for(is_event(EventType.ADDED, late.key), "ADDED after the garbage")
     finally:
         watcher.close()
     kinds = [(e.type, e.key) for e in watcher.events]
-    assert kinds == [(EventType.REJECTED, "10.5.31.0-24"), (EventType.REJECTED, "10.5.32.0/24"),
+    assert kinds == [(EventType.REJECTED, "10.5.231.0-24"), (EventType.REJECTED, "10.5.232.0/24"),
                      (EventType.ADDED, late.key)]
 
 
