@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-
 from flannel_ext._policy.compute import Cluster, PolicyComputer
 from flannel_ext._policy.file_source import FileSource
 from flannel_ext._policy.hook import PolicyHook
 from flannel_ext._policy.model import PolicyRejected
 from flannel_ext._policy.state import PolicyState
 from flannel_ext._util.files import write_atomic
+from flannel_ext._util.rtnl import local_addresses
 
 if TYPE_CHECKING:
     from flannel_ext._policy.kube_source import KubeSource
@@ -34,17 +33,11 @@ MAX_LISTED_REJECTIONS = 100
 RETRY_MAX = 30.0
 
 
-def local_addresses() -> list[str]:
-    """Every address of this network namespace (the node's own IPs, cni0's gateway too),
-    by netlink in-process: it is read before every apply, so no `ip` fork."""
-    with IPRoute() as ipr:
-        return [str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
-                if a["scope"] != 254 and (a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))]  # 254: host
-
-
 class PolicyAgent:
     def __init__(self, hook: PolicyHook, node_name: str, state_dir: str, *,
                  node_ips: Callable[[], Iterable[str]] = local_addresses):
+        # node_ips: every address of this namespace (the node's own IPs, cni0's gateway too),
+        # read in-process before every apply, so no `ip` fork and no pyroute2 import.
         self.hook, self.node_name, self.state_dir = hook, node_name, state_dir
         self.node_ips = node_ips
         self.status_path = os.path.join(state_dir, STATUS_FILE)

@@ -13,7 +13,8 @@ import os
 import threading
 from collections.abc import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from flannel_ext._policy.compute import Cluster
@@ -46,7 +47,10 @@ class FileSource(FileSystemEventHandler):
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._observer.schedule(self, os.path.dirname(self.path), recursive=False)
+        # Writes in place end in IN_CLOSE_WRITE, writes by rename in IN_MOVED_TO; the rest
+        # of the directory's traffic (the lab's store lives beside cluster.json) is not asked for.
+        self._observer.schedule(self, os.path.dirname(self.path), recursive=False,
+                                event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent])
         self._observer.start()
         self._load(force=True)
 

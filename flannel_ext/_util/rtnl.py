@@ -25,6 +25,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+RT_SCOPE_HOST = 254
 
 HDR = struct.Struct("=IHHII")          # nlmsghdr: len, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
@@ -202,6 +203,18 @@ def addresses(index: int) -> list[ipaddress.IPv4Interface]:
         local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
         if family == socket.AF_INET and owner == index and local:
             found.append(ipaddress.IPv4Interface((local, prefixlen)))
+    return found
+
+
+def local_addresses() -> list[str]:
+    """Every IPv4 and IPv6 address of this namespace whose scope is not host (loopback's)."""
+    found = []
+    for _type, msg in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _family, _prefixlen, _flags, scope, _owner = IFADDRMSG.unpack_from(msg)
+        attrs = parse_attrs(msg, IFADDRMSG.size)
+        local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if scope != RT_SCOPE_HOST and local and len(local) in (4, 16):
+            found.append(str(ipaddress.ip_address(local)))
     return found
 
 
