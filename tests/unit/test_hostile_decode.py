@@ -264,3 +264,58 @@ def test_sqlite_next_expiry_skips_text_and_uses_the_index(tmp_path):
         assert "INDEX leases_expiration" in plan
     finally:
         conn.close()
+
+
+# --- the fast paths agree with the Go-compatible ones ------------------------------------
+
+def _corpus_entries():
+    import importlib.util
+    import sys
+    import tempfile
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "bench" / "hostile_corpus.py"
+    spec = importlib.util.spec_from_file_location("hostile_corpus_fast", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hostile_corpus_fast"] = module
+    spec.loader.exec_module(module)
+    return module._Generator(7, Path(tempfile.gettempdir()) / "never-created").for_json_stores(600)
+
+
+def test_plain_value_fast_path_agrees_with_the_go_decoder():
+    """`from_json` tries the C decoder on flannel's plain form first; wherever it answers,
+    the answer is the Go-compatible decoder's, and everything else falls through to it."""
+    from flannel_ext._stores.lease import _plain_value
+    values = [e.value for e in _corpus_entries() if isinstance(e.value, str)] + [
+        GOOD, '{"PublicIP":"1.2.3.4"}', '{"PublicIP":null,"BackendData":null}', '{}',
+        '{"PublicIP":"1.2.3.4","BackendData":"<a&b>"}', '{"PublicIP":"1.2.3.4","BackendType":""}',
+        '{"PublicIP":"1.2.3.4","PublicIPv6":"","BackendData":"x","BackendV6Data":"y"}',
+        '{"PublicIP":"1.2.3.4","BackendData":"a","BackendData":"b"}',   # duplicates: the last
+        '{"PublicIP":"1.2.3.4","BackendData":{"VNI":1}}', '{"PublicIP":"1.2.3.4","Extra":1}',
+        '{"PublicIP":"1.2.3.4","BackendData":"\\u00e9"}', ' {"PublicIP":"1.2.3.4"} ']
+    answered = 0
+    for value in values:
+        fast = _plain_value(value)
+        try:
+            slow = LeaseAttrs.from_go_json(value)
+        except ValueError:
+            assert fast is None, value
+            continue
+        if fast is not None:
+            answered += 1
+            assert fast == slow, value
+    assert answered > 50   # the fast path is taken, not only declined
+
+
+@pytest.mark.parametrize("key", ["10.5.1.0-24", "0.0.0.0-0", "255.255.255.255-32", "10.0.0.0-8",
+                                 "10.5.1.0-23", "10.5.1.1-24", "10.5.01.0-24", "10.5.1.0-33",
+                                 "10.5.256.0-24", "10.5.1.0-024", "1.2.3.4-32"])
+def test_v4_key_fast_path_agrees(key):
+    from flannel_ext._stores.lease import _canonical_v4
+    ip, plen = key.split("-")
+    fast = _canonical_v4(ip, plen)
+    try:
+        slow = ipaddress.IPv4Network(f"{ip}/{plen}")
+        canonical = f"{slow.network_address}-{slow.prefixlen}" == key
+    except ValueError:
+        slow, canonical = None, False
+    assert fast == (slow if canonical else None)
