@@ -22,13 +22,14 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
 from flannel_ext._util import rtnl
-from flannel_ext._util.neigh import NeighTable, read_table as neigh_table
+from flannel_ext._util.neigh import NeighTable, PeerCount, read_table as neigh_table
 from flannel_ext._util.rtnl import Link, addr_del, addr_replace, addresses, link_add_vxlan, link_del, \
     link_get, link_set
 
 __all__ = ["Batch", "BatchedRecipe", "Link", "NetlinkFailure", "OnLink", "addr_del", "addr_replace",
            "address_prefixes", "addresses", "connected_prefixes", "ifindex", "key_of", "lease_error",
            "link_add_vxlan", "link_del", "link_get", "link_set", "mac_bytes", "NeighTable", "neigh_table",
+           "PeerCount",
            "on_link", "raise_failures"]
 
 NETLINK_ROUTE, SOL_NETLINK = 0, 270

@@ -30,7 +30,6 @@ from flannel_ext import netlink as _netlink
 
 VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 KERNEL_DEFAULT_PORT = 8472
-NEIGH_WARN_AT = 0.75         # share of gc_thresh3 the peers' neighbour entries may reach quietly
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -62,8 +61,7 @@ class VxlanHook(_netlink.BatchedRecipe):
         if not 0 <= self.port < 1 << 16:
             raise ValueError(f"Port must be between 0 and 65535, got {self.port}")
         self.device = f"flannel.{self.vni}"
-        self._peers: set[str] = set()       # leases programmed, for the neighbour-table warning
-        self._warned = False
+        self.peers = _netlink.PeerCount("vxlan")   # leases programmed, for the neighbour-table warning
 
     # --- lifecycle -----------------------------------------------------------------
     def pre_startup(self, ctx: HookContext) -> str | None:
@@ -169,24 +167,11 @@ class VxlanHook(_netlink.BatchedRecipe):
         peer costs an underlay ARP entry (its VTEP neighbour is permanent, which the limit
         does not count), and past the limit the kernel refuses new ones (traffic to new
         peers fails with ENOBUFS)."""
-        keys = {_netlink.key_of(lease) for lease in leases} - set(failures)
-        if op == "replace":
-            self._peers |= keys
-        else:
-            self._peers -= keys
-        if self._warned or op != "replace":
-            return
-        table = _netlink.neigh_table("ipv4")     # None inside a child namespace (a lab node)
-        needed = len(self._peers)
-        if table is not None and needed >= NEIGH_WARN_AT * table.thresholds[2]:
-            self._warned = True
-            ctx.log.warning(
-                "vxlan: %d peers need ~%d neighbour entries (an underlay ARP entry each), near "
-                "net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
-                "refuses new entries and traffic to new peers fails: raise it, e.g. sysctl -w "
-                "net.ipv4.neigh.default.gc_thresh1=%d net.ipv4.neigh.default.gc_thresh2=%d "
-                "net.ipv4.neigh.default.gc_thresh3=%d", len(self._peers), needed, table.thresholds[2],
-                table.entries, 2 * needed, 4 * needed, 8 * needed)
+        for key in {_netlink.key_of(lease) for lease in leases} - set(failures):
+            if op == "replace":
+                self.peers.added(key, ctx.log.warning)
+            else:
+                self.peers.removed(key)
 
     def _mac(self, lease: RemoteLease) -> str:
         data = lease.data

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flannel_ext._util.errors import BatchError, CommandError, HookTimeout
+from flannel_ext._util.neigh import PeerCount
 from flannel_ext._config.netconf import COMMAND_FIELDS, NetConf
 from flannel_ext._hooks.base import Hook, HookContext, RemoteLease
 from flannel_ext._hooks.process import ProcessResult, run_process
@@ -77,6 +78,9 @@ class ShellHook(Hook):
         self.commands = {k: v for k, v in commands.items() if v}
         self.timeout = timeout
         self.shell = shell
+        # flannel's vxlan and host-gw recipes reach every peer on the underlay: warn once
+        # as the peers near the neighbour table's limit, as the Python vxlan recipe does.
+        self.peers = PeerCount("SubnetAddCommand")
 
     @classmethod
     def from_config(cls, config: NetConf, **kwargs: Any) -> ShellHook:
@@ -127,10 +131,13 @@ class ShellHook(Hook):
             ctx.log.info("No post startup command configured - skipping")
 
     def subnet_add(self, lease: RemoteLease, ctx: HookContext) -> None:
-        self._run("subnet_add", ctx, remote_env(lease), lease.backend_data + "\n", lease.key)
+        if self._run("subnet_add", ctx, remote_env(lease), lease.backend_data + "\n", lease.key) \
+                is not None and not ctx.dry_run:
+            self.peers.added(lease.key, ctx.log.warning)
 
     def subnet_remove(self, lease: RemoteLease, ctx: HookContext) -> None:
         self._run("subnet_remove", ctx, remote_env(lease), lease.backend_data + "\n", lease.key)
+        self.peers.removed(lease.key)
 
     def shutdown(self, ctx: HookContext) -> None:
         self._run("shutdown", ctx, lifecycle_env(ctx), "\n")

@@ -95,8 +95,7 @@ class LeaseAttrs:
         return None if self.backend_data is None else gojson.decode(self.backend_data)
 
 
-_VALUE_FIELDS = {"PublicIP": "public_ip", "PublicIPv6": "public_ipv6", "BackendType": "backend_type",
-                 "BackendData": "backend_data", "BackendV6Data": "backend_v6_data"}
+_VALUE_FIELDS = frozenset({"PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"})
 
 
 def _plain_value(text: object) -> LeaseAttrs | None:
@@ -110,15 +109,16 @@ def _plain_value(text: object) -> LeaseAttrs | None:
         obj = json.loads(text)
     except (ValueError, RecursionError):   # deep nesting: the Go decoder's depth limit answers
         return None
-    if not isinstance(obj, dict) or not obj.keys() <= _VALUE_FIELDS.keys() or not all(
+    if not isinstance(obj, dict) or not obj.keys() <= _VALUE_FIELDS or not all(
             value is None or isinstance(value, str) for value in obj.values()):
         return None
     get = obj.get
+    data, v6_data = get("BackendData"), get("BackendV6Data")
     attrs = LeaseAttrs.__new__(LeaseAttrs)
     for name, item in (("public_ip", get("PublicIP") or "0.0.0.0"), ("public_ipv6", get("PublicIPv6") or None),
                        ("backend_type", get("BackendType") or ""),
-                       ("backend_data", None if get("BackendData") is None else gojson.dumps(get("BackendData"))),
-                       ("backend_v6_data", None if get("BackendV6Data") is None else gojson.dumps(get("BackendV6Data")))):
+                       ("backend_data", None if data is None else gojson.dumps(data)),
+                       ("backend_v6_data", None if v6_data is None else gojson.dumps(v6_data))):
         object.__setattr__(attrs, name, item)
     return attrs
 

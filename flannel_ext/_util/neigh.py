@@ -10,6 +10,8 @@ exists inside a child namespace, so readers there get None.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 STAT_FILES = {"ipv4": "arp_cache", "ipv6": "ndisc_cache"}
@@ -61,3 +63,51 @@ def read_sysctl(name: str, proc: str = "/proc") -> int:
 def _read(path: str) -> str:
     with open(path) as handle:
         return handle.read().strip()
+
+
+WARN_AT = 0.75   # share of gc_thresh3 the peers' entries may reach before the one warning
+
+
+class PeerCount:
+    """The peers a dataplane has programmed, and one warning when they near gc_thresh3.
+
+    A node reaches each peer it talks to on the underlay (vxlan's VTEPs, host-gw's
+    gateways) through an ARP entry; past gc_thresh3 the kernel refuses new ones and
+    traffic to new peers fails. The limit is read once; None (a child namespace, where it
+    cannot be read) means there is nothing to warn about."""
+
+    def __init__(self, what: str, proc: str = "/proc"):
+        self.what, self.proc = what, proc
+        self._peers: set[str] = set()
+        self._limit: int | None | bool = False       # False: not read yet
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def removed(self, key: str) -> None:
+        with self._lock:
+            self._peers.discard(key)
+
+    def added(self, key: str, warn: Callable[..., None]) -> None:
+        with self._lock:
+            self._peers.add(key)
+            if self._warned:
+                return
+            if self._limit is False:
+                table = read_table("ipv4", self.proc)
+                self._limit = None if table is None else table.thresholds[2]
+            if self._limit is None or len(self._peers) < WARN_AT * int(self._limit):
+                return
+            table = read_table("ipv4", self.proc)
+            if table is None:
+                return
+            self._warned = True
+            needed = len(self._peers)
+        warn("%s: %d peers need ~%d neighbour entries (an underlay ARP entry each), near "
+             "net.ipv4.neigh.default.gc_thresh3 = %d (%d entries in use); past it the kernel "
+             "refuses new entries and traffic to new peers fails: raise it, e.g. sysctl -w "
+             "net.ipv4.neigh.default.gc_thresh1=%d net.ipv4.neigh.default.gc_thresh2=%d "
+             "net.ipv4.neigh.default.gc_thresh3=%d", self.what, needed, needed, table.thresholds[2],
+             table.entries, 2 * needed, 4 * needed, 8 * needed)

@@ -1,12 +1,33 @@
-"""The vxlan recipe warns once when its peers' underlay ARP entries near gc_thresh3."""
+"""The vxlan recipes, Python and shell, warn once when their peers' underlay ARP entries
+near gc_thresh3. The kernel's files are stood in for by a directory laid out like /proc."""
 from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 
 from flannel_ext import HookContext, RemoteLease
 from flannel_ext import netlink
+from flannel_ext._config.netconf import parse_netconf
 from flannel_ext._hooks.loader import load_python_hook
+from flannel_ext._hooks.shell import ShellHook
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def fake_proc(tmp_path: Path, gc_thresh3: int = 50, entries: int = 50) -> str:
+    """gc_thresh1..3 and an arp_cache stat file (two CPUs, entries in hex) as the kernel writes them."""
+    proc = tmp_path / "proc"
+    sysctls = proc / "sys" / "net" / "ipv4" / "neigh" / "default"
+    sysctls.mkdir(parents=True)
+    for level, value in ((1, 16), (2, 32), (3, gc_thresh3)):
+        (sysctls / f"gc_thresh{level}").write_text(f"{value}\n")
+    (proc / "net" / "stat").mkdir(parents=True)
+    row = f"{entries:08x}  00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000"
+    (proc / "net" / "stat" / "arp_cache").write_text(
+        "entries  allocs destroys hash_grows lookups hits res_failed rcv_probes_mcast table_fulls\n"
+        f"{row}\n{row}\n")
+    return str(proc)
 
 
 def _leases(first: int, last: int) -> list[RemoteLease]:
@@ -14,28 +35,52 @@ def _leases(first: int, last: int) -> list[RemoteLease]:
                         backend_data="02:00:00:00:00:01", key=f"10.0.{i}.0-24") for i in range(first, last + 1)]
 
 
-def test_warns_once_past_three_quarters_of_gc_thresh3(monkeypatch, caplog, tmp_path):
-    monkeypatch.setattr(netlink, "neigh_table", lambda family: netlink.NeighTable(family, (16, 32, 50), 50, 0))
+def _ctx(tmp_path: Path) -> HookContext:
+    return HookContext(network=ipaddress.IPv4Network("10.0.0.0/16"), options={}, log=logging.getLogger("t"),
+                       state_dir=str(tmp_path / "state"))
+
+
+def test_warns_once_past_three_quarters_of_gc_thresh3(caplog, tmp_path):
     hook = load_python_hook("vxlan", {})
-    ctx = HookContext(network=ipaddress.IPv4Network("10.0.0.0/16"), options={}, log=logging.getLogger("t"),
-                      state_dir=str(tmp_path))
+    hook.peers = netlink.PeerCount("vxlan", proc=fake_proc(tmp_path))
+    ctx = _ctx(tmp_path)
     with caplog.at_level(logging.WARNING):
         hook._count_peers("replace", _leases(1, 30), {}, ctx)         # 30 ARP entries: quiet
         assert not caplog.records
         hook._count_peers("replace", _leases(31, 40), {"10.0.40.0-24": Exception()}, ctx)
-        assert len(caplog.records) == 1                               # 39 peers: 39 >= 37.5
+        assert len(caplog.records) == 1     # at the 38th peer (38 >= 37.5); the 40th failed
         hook._count_peers("replace", _leases(41, 45), {}, ctx)
     [record] = caplog.records
-    assert "39 peers need ~39 neighbour entries" in record.getMessage()
-    assert "net.ipv4.neigh.default.gc_thresh3 = 50" in record.getMessage()
-    assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=78" in record.getMessage()
+    assert "vxlan: 38 peers need ~38 neighbour entries" in record.getMessage()
+    assert "net.ipv4.neigh.default.gc_thresh3 = 50 (50 entries in use)" in record.getMessage()
+    assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=76" in record.getMessage()
 
 
-def test_removals_count_down(monkeypatch, tmp_path):
-    monkeypatch.setattr(netlink, "neigh_table", lambda family: None)
+def test_removals_count_down(tmp_path):
     hook = load_python_hook("vxlan", {})
-    ctx = HookContext(network=ipaddress.IPv4Network("10.0.0.0/16"), options={}, log=logging.getLogger("t"),
-                      state_dir=str(tmp_path))
+    hook.peers = netlink.PeerCount("vxlan", proc=str(tmp_path / "no-proc"))   # a child namespace
+    ctx = _ctx(tmp_path)
     hook._count_peers("replace", _leases(1, 10), {}, ctx)
     hook._count_peers("del", _leases(1, 4), {}, ctx)
-    assert len(hook._peers) == 6
+    assert len(hook.peers) == 6
+
+
+def test_the_shell_vxlan_recipe_warns_once_too(caplog, tmp_path):
+    """recipes/vxlan.json's SubnetAddCommand, run for real (its `ip` calls fail outside a
+    node, so the command is swapped for `true`: the count is the hook's, not the recipe's)."""
+    config = parse_netconf((RECIPES / "vxlan.json").read_text(), "vxlan.json")
+    hook = ShellHook.from_config(config)
+    assert "subnet_add" in hook.commands
+    hook.commands = {**hook.commands, "subnet_add": "true", "subnet_remove": "true"}
+    hook.peers = netlink.PeerCount("SubnetAddCommand", proc=fake_proc(tmp_path, gc_thresh3=8, entries=3))
+    ctx = _ctx(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        hook.subnet_add_batch(_leases(1, 5), ctx)        # 5 < 6
+        assert not [r for r in caplog.records if "neighbour" in r.getMessage()]
+        hook.subnet_remove(_leases(1, 1)[0], ctx)
+        hook.subnet_add_batch(_leases(1, 2), ctx)        # 5 again (2 was there): quiet
+        assert not [r for r in caplog.records if "neighbour" in r.getMessage()]
+        hook.subnet_add_batch(_leases(7, 9), ctx)        # 6, 7, 8 peers: one warning, at 6
+    warnings = [r.getMessage() for r in caplog.records if "neighbour" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("SubnetAddCommand: 6 peers need ~6 neighbour entries")
+    assert len(hook.peers) == 8
