@@ -27,6 +27,7 @@ from flannel_ext._stores.lease import Lease, LeaseAttrs, LeaseEvent, display_key
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
+_SOMEONE_ELSE = LeaseAttrs("")   # attrs of a lease acquire only needs the subnet of
 RACE_ROUNDS = 10          # re-plans after losing every candidate (flannel's raceRetries)
 HEARTBEAT = 1.0           # how long a liveness probe may take
 PROBE_AFTER = 5.0         # a quiet stream is checked with a cheap call after this long
@@ -61,9 +62,9 @@ class EtcdStore:
         self._rejected: set[str] = set()          # keys whose entry did not parse
         self._expiry: dict[int, float] = {}       # etcd lease ID -> absolute expiry
         self._granted: dict[str, int] = {}        # key -> etcd lease ID this store granted
-        # acquire's read (minus the keys it deleted) and its revision, for the next list();
+        # acquire's read (raw), its revision and the keys it deleted, for the next list();
         # kept only before a watch starts (start-up), so a later re-acquire holds no copy
-        self._pending: tuple[dict[str, _Entry], int] | None = None
+        self._pending: tuple[builtins.list[dict], int, set[str]] | None = None
         self._watching = False
 
     @classmethod
@@ -90,12 +91,40 @@ class EtcdStore:
         kvs = reply.get("kvs") or []
         return unb64(kvs[0].get("value", "")).decode("utf-8", "replace") if kvs else None
 
-    def _read(self) -> tuple[dict[str, _Entry], int]:
+    def _read_raw(self) -> tuple[builtins.list[dict], int]:
         reply = self.gateway.call("/kv/range", {"key": b64(self._subnets),
                                                 "range_end": b64(prefix_end(self._subnets))})
-        entries = self._resolved([self._entry(kv) for kv in reply.get("kvs") or []])
+        return reply.get("kvs") or [], int(reply["header"]["revision"])
+
+    def _read(self) -> tuple[dict[str, _Entry], int]:
+        kvs, revision = self._read_raw()
+        entries = self._resolved([self._entry(kv) for kv in kvs])
         self._prune_expiries(entries)
-        return entries, int(reply["header"]["revision"])
+        return entries, revision
+
+    def _plan_view(self, kvs: builtins.list[dict], public_ip: str) -> tuple[builtins.list[Lease], dict[str, _Entry]]:
+        """What acquire plans with, parsing only the values that may be ours: a value with
+        neither our PublicIP's text nor an escape or non-ASCII byte (that could spell it)
+        cannot be, and counts only as its key's subnet, taken. (A garbage value counts as
+        taken too, where a full parse would call it free and the create would then fail on
+        the existing key.) Every value is parsed later, by list(), after subnet.env."""
+        needle = public_ip.encode()
+        leases: builtins.list[Lease] = []
+        ours: dict[str, _Entry] = {}
+        for kv in kvs:
+            value = unb64(kv.get("value", ""))
+            if needle in value or b"\\" in value or not value.isascii() or public_ip == "0.0.0.0":
+                entry = self._entry(kv)
+                if entry.lease is not None:
+                    leases.append(entry.lease)
+                    ours[entry.key] = entry
+                continue
+            try:
+                subnet, ipv6_subnet = parse_subnet_key(unb64(kv["key"])[len(self._subnets):].decode("utf-8"))
+            except ValueError:          # UnicodeDecodeError included: rejected by list() anyway
+                continue
+            leases.append(Lease(subnet if subnet.prefixlen else None, _SOMEONE_ELSE, ipv6_subnet))
+        return leases, ours
 
     def _refresh(self, entries: dict[str, _Entry], revision: int) -> tuple[dict[str, _Entry], int] | None:
         """`entries` read at `revision` brought up to date with one small read: the keys
@@ -167,7 +196,11 @@ class EtcdStore:
         Right after acquire this is acquire's read plus what changed since (one small
         read instead of every lease again: start-up reads the prefix once)."""
         pending, self._pending = self._pending, None
-        fresh = self._refresh(*pending) if pending is not None else None
+        fresh = None
+        if pending is not None:
+            kvs, read_at, deleted = pending
+            parsed = self._resolved([self._entry(kv) for kv in kvs])
+            fresh = self._refresh({k: e for k, e in parsed.items() if k not in deleted}, read_at)
         entries, revision = fresh if fresh is not None else self._read()
         leases = [e.lease for e in entries.values() if e.lease is not None]
         rejected = [LeaseEvent.rejected(e.key, e.reason) for e in entries.values() if e.lease is None]
@@ -223,39 +256,41 @@ class EtcdStore:
         config = request.config
         self._pending = None
         for _ in range(RACE_ROUNDS):
-            entries, revision = self._read()
-            plan = plan_acquire(request, [e.lease for e in entries.values() if e.lease is not None])
+            kvs, revision = self._read_raw()
+            leases, ours = self._plan_view(kvs, request.attrs.public_ip)
+            plan = plan_acquire(request, leases)
+            deleted: set[str] = set()
             for stale in plan.delete:
                 log.info("deleting our incompatible lease %s", stale.key)
                 self._delete(stale.key)
-                entries.pop(stale.key, None)
+                deleted.add(stale.key)
             if plan.reuse is not None:
-                entry = entries[plan.reuse.key]
+                entry = ours[plan.reuse.key]
                 # A reservation (a key with no etcd lease) stays one, as in flannel.
                 ttl = request.ttl if entry.lease_id else 0
                 got = self._put(plan.reuse.with_attrs(request.attrs), ttl,
                                 {"target": "MOD", "result": "EQUAL", "mod_revision": entry.mod_revision})
                 if got is not None:
-                    self._keep_for_list(entries, revision)
+                    self._keep_for_list(kvs, revision, deleted)
                     return got
                 continue   # it changed behind our back: plan again
             if out_of_subnets(plan, config):
                 raise OutOfSubnets(f"no free subnet left in {config.network or config.ipv6_network} "
-                                   f"({len(entries)} leases in etcd at {', '.join(self.gateway.endpoints)})")
+                                   f"({len(leases)} leases in etcd at {', '.join(self.gateway.endpoints)})")
             v4 = plan.candidates if config.enable_ipv4 else [None] * len(plan.ipv6_candidates)
             v6 = plan.ipv6_candidates if config.enable_ipv6 else [None] * len(v4)
             for subnet, ipv6_subnet in zip(v4, v6, strict=True):
                 lease = Lease(subnet, request.attrs, ipv6_subnet)
                 got = self._put(lease, request.ttl, {"target": "VERSION", "result": "EQUAL", "version": 0})
                 if got is not None and (ipv6_subnet is None or subnet is None or self._won_dual(got)):
-                    self._keep_for_list(entries, revision)
+                    self._keep_for_list(kvs, revision, deleted)
                     return got
                 log.info("subnet %s was taken concurrently; trying the next candidate", lease.key)
         raise LeaseConflict(f"lost the race for every free subnet {RACE_ROUNDS} times")
 
-    def _keep_for_list(self, entries: dict[str, _Entry], revision: int) -> None:
+    def _keep_for_list(self, kvs: builtins.list[dict], revision: int, deleted: set[str]) -> None:
         if not self._watching:
-            self._pending = (entries, revision)
+            self._pending = (kvs, revision, deleted)
 
     def _won_dual(self, ours: Lease) -> bool:
         # A dual-stack key only guards the exact v4&v6 pair, so two nodes can hold the same

@@ -388,3 +388,20 @@ def test_custom_prefix(etcd_server):
         assert isinstance(s.list().leases[0], Lease)
     finally:
         s.close()
+
+
+def test_acquire_finds_our_lease_however_it_is_spelled(etcd_server, store):
+    """Acquire parses only the values that may be ours (the rest count as taken subnets);
+    a value that spells our PublicIP with an escape is still ours, and reused."""
+    for i in range(3):
+        etcd_server.etcdctl("put", SUBNETS + f"10.5.{240 + i}.0-24", _value(f"192.168.3.{i}"))
+    escaped = _value("192.168.1.7").replace("192.168.1.7", "192.168.1.\\u0037")
+    etcd_server.etcdctl("put", SUBNETS + "10.5.250.0-24", escaped)
+    etcd_server.etcdctl("put", SUBNETS + "10.5.251.0-24", "garbage{")
+    ours = store.acquire(request(ip="192.168.1.7"))
+    assert ours.key == "10.5.250.0-24"
+    snap = store.list()   # the list after acquire parses every value, as a fresh read does
+    assert sorted(x.key for x in snap.leases) == ["10.5.240.0-24", "10.5.241.0-24", "10.5.242.0-24",
+                                                  "10.5.250.0-24"]
+    assert [e.key for e in snap.rejected] == ["10.5.251.0-24"]
+    assert etcd_server.etcdctl("get", SUBNETS + "10.5.251.0-24", "--print-value-only").strip() == "garbage{"
