@@ -34,7 +34,7 @@ from flannel_ext._runtime.inbox import Inbox, Request, Stopped, WatchFailed
 from flannel_ext._runtime.leasewatch import LeaseWatch
 from flannel_ext._runtime.iface import ExternalInterface
 from flannel_ext._runtime.state import StateJournal
-from flannel_ext._runtime.statedir import KernelIdentity, StateDirLock
+from flannel_ext._runtime.statedir import KernelIdentity, StateDirError, StateDirLock
 from flannel_ext._runtime.stats import NodeStats
 from flannel_ext._runtime.validate import RejectedLease, Skipped, to_remote
 
@@ -82,7 +82,11 @@ class NodeRuntime:
         self.watch = LeaseWatch(store, self.inbox, self.stats, self._resync)
         self._dispatching = False
         if not options.dry_run:
-            os.makedirs(options.state_dir, exist_ok=True)
+            try:
+                os.makedirs(options.state_dir, exist_ok=True)
+            except OSError as exc:   # one line, as the lock's own error, not a traceback
+                raise StateDirError(f"cannot create the state dir: {exc.filename}: {exc.strerror}; "
+                                    "pass a writable --state-dir") from None
         self.ctx = HookContext(
             network=config.network, ipv6_network=config.ipv6_network, options=dict(config.backend),
             log=logging.getLogger("flannel_ext.hook"), state_dir=Path(options.state_dir),
