@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 
@@ -233,6 +234,16 @@ def _start_reload_watch(args, runtime: NodeRuntime):
         config = load_config(args)
         return config, load_hook(config)
     runtime.reload_source = load
-    watcher = ReloadWatcher(args.net_conf, runtime)
-    watcher.start()
+    watcher = None
+    try:
+        watcher = ReloadWatcher(args.net_conf, runtime)   # its observer takes an inotify instance
+        watcher.start()
+    except OSError as exc:   # inotify limits: the node runs on, without hot reload
+        log.warning("--watch: cannot watch %s (%s); hot reload is off, the node runs on: raise "
+                    "fs.inotify.max_user_instances / max_user_watches and restart to get it back",
+                    args.net_conf, exc)
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                watcher.stop()
+        return None
     return watcher

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEvent,
                              FileSystemEventHandler)
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from flannel_ext._policy.compute import Cluster
 from flannel_ext._policy.model import PolicyRejected
 
 log = logging.getLogger("flannel_ext.policy")
+POLL = 1.0   # how often the file is looked at when inotify cannot be had
 
 
 def read_document(path: str) -> Cluster:
@@ -41,22 +43,39 @@ class FileSource(FileSystemEventHandler):
     def __init__(self, path: str, deliver: Callable[[Cluster | Exception], None]):
         self.path = os.path.abspath(path)
         self.deliver = deliver
-        self._observer = Observer()
+        self._observer: BaseObserver | None = None
         self._lock = threading.Lock()
         self._last_stat: tuple | None = None
+        self._stopped = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        # Writes in place end in IN_CLOSE_WRITE, writes by rename in IN_MOVED_TO; the rest
-        # of the directory's traffic (the lab's store lives beside cluster.json) is not asked for.
-        self._observer.schedule(self, os.path.dirname(self.path), recursive=False,
-                                event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent])
-        self._observer.start()
+        try:
+            observer = Observer()   # takes an inotify instance
+            # Writes in place end in IN_CLOSE_WRITE, writes by rename in IN_MOVED_TO; the rest of
+            # the directory's traffic (the lab's store lives beside cluster.json) is not asked for.
+            observer.schedule(self, os.path.dirname(self.path), recursive=False,
+                              event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent])
+            observer.start()
+            self._observer = observer
+        except OSError as exc:   # inotify limits: enforcement must not stop, so look every POLL s
+            log.warning("policy file %s: no file events (%s); looking every %gs", self.path, exc, POLL)
+            self._poller = threading.Thread(target=self._poll, name="policy-file-poll", daemon=True)
+            self._poller.start()
         self._load(force=True)
 
+    def _poll(self) -> None:
+        while not self._stopped.wait(POLL):
+            self._load()
+
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        self._stopped.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._poller is not None:
+            self._poller.join(timeout=5)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = {os.path.abspath(str(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p}
