@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from flannel_ext._util import gojson
 
@@ -81,10 +83,16 @@ class LeaseAttrs:
         for name, value in (("PublicIP", public_ip), ("PublicIPv6", public_ipv6), ("BackendType", backend_type)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} is not a string")
+        return cls._from_fields(get)
+
+    @classmethod
+    def _from_fields(cls, get: Callable[[str], Any]) -> LeaseAttrs:
+        """The attrs of a decoded value whose fields `get` returns by flannel's names (the
+        string ones already checked to be strings or None)."""
         data, v6_data = get("BackendData"), get("BackendV6Data")
         attrs = cls.__new__(cls)   # the raw data is dumped canonical here: skip __post_init__'s pass
-        for name, item in (("public_ip", public_ip or "0.0.0.0"), ("public_ipv6", public_ipv6 or None),
-                           ("backend_type", backend_type or ""),
+        for name, item in (("public_ip", get("PublicIP") or "0.0.0.0"), ("public_ipv6", get("PublicIPv6") or None),
+                           ("backend_type", get("BackendType") or ""),
                            ("backend_data", None if data is None else gojson.dumps(data)),
                            ("backend_v6_data", None if v6_data is None else gojson.dumps(v6_data))):
             object.__setattr__(attrs, name, item)
@@ -112,15 +120,7 @@ def _plain_value(text: object) -> LeaseAttrs | None:
     if not isinstance(obj, dict) or not obj.keys() <= _VALUE_FIELDS or not all(
             value is None or isinstance(value, str) for value in obj.values()):
         return None
-    get = obj.get
-    data, v6_data = get("BackendData"), get("BackendV6Data")
-    attrs = LeaseAttrs.__new__(LeaseAttrs)
-    for name, item in (("public_ip", get("PublicIP") or "0.0.0.0"), ("public_ipv6", get("PublicIPv6") or None),
-                       ("backend_type", get("BackendType") or ""),
-                       ("backend_data", None if data is None else gojson.dumps(data)),
-                       ("backend_v6_data", None if v6_data is None else gojson.dumps(v6_data))):
-        object.__setattr__(attrs, name, item)
-    return attrs
+    return LeaseAttrs._from_fields(obj.get)
 
 
 def subnet_key(subnet: IPv4Network | None, ipv6_subnet: IPv6Network | None = None) -> str:
