@@ -9,26 +9,13 @@ exception, no `$(touch ...)` payload may run, and the healthy lease must arrive.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from etcd_server import etcd_server  # noqa: F401 - fixture
+from hostile import corpus
 from kube_fake import kube_api  # noqa: F401 - fixture
 
-
-def _load_corpus():
-    path = Path(__file__).resolve().parents[2] / "bench" / "hostile_corpus.py"
-    spec = importlib.util.spec_from_file_location("hostile_corpus", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hostile_corpus"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus = _load_corpus()
 ENTRIES = 1000
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -269,16 +271,8 @@ def test_sqlite_next_expiry_skips_text_and_uses_the_index(tmp_path):
 # --- the fast paths agree with the Go-compatible ones ------------------------------------
 
 def _corpus_entries():
-    import importlib.util
-    import sys
-    import tempfile
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "bench" / "hostile_corpus.py"
-    spec = importlib.util.spec_from_file_location("hostile_corpus_fast", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hostile_corpus_fast"] = module
-    spec.loader.exec_module(module)
-    return module._Generator(7, Path(tempfile.gettempdir()) / "never-created").for_json_stores(600)
+    from hostile import corpus
+    return corpus._Generator(7, Path(tempfile.gettempdir()) / "never-created").for_json_stores(600)
 
 
 def test_plain_value_fast_path_agrees_with_the_go_decoder():

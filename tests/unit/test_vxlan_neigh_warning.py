@@ -1,5 +1,6 @@
 """The vxlan recipes, Python and shell, warn once when their peers' underlay ARP entries
-near gc_thresh3. The kernel's files are stood in for by a directory laid out like /proc."""
+near gc_thresh3. The kernel's files are stood in for by a directory laid out like /proc
+(`tests/fake_proc.py`, shared with the lab's pre-check tests)."""
 from __future__ import annotations
 
 import ipaddress
@@ -12,22 +13,9 @@ from flannel_ext._config.netconf import parse_netconf
 from flannel_ext._hooks.loader import load_python_hook
 from flannel_ext._hooks.shell import ShellHook
 
+from fake_proc import fake_proc
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-
-
-def fake_proc(tmp_path: Path, gc_thresh3: int = 50, entries: int = 50) -> str:
-    """gc_thresh1..3 and an arp_cache stat file (two CPUs, entries in hex) as the kernel writes them."""
-    proc = tmp_path / "proc"
-    sysctls = proc / "sys" / "net" / "ipv4" / "neigh" / "default"
-    sysctls.mkdir(parents=True)
-    for level, value in ((1, 16), (2, 32), (3, gc_thresh3)):
-        (sysctls / f"gc_thresh{level}").write_text(f"{value}\n")
-    (proc / "net" / "stat").mkdir(parents=True)
-    row = f"{entries:08x}  00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000"
-    (proc / "net" / "stat" / "arp_cache").write_text(
-        "entries  allocs destroys hash_grows lookups hits res_failed rcv_probes_mcast table_fulls\n"
-        f"{row}\n{row}\n")
-    return str(proc)
 
 
 def _leases(first: int, last: int) -> list[RemoteLease]:
@@ -42,7 +30,7 @@ def _ctx(tmp_path: Path) -> HookContext:
 
 def test_warns_once_past_three_quarters_of_gc_thresh3(caplog, tmp_path):
     hook = load_python_hook("vxlan", {})
-    hook.peers = netlink.PeerCount("vxlan", proc=fake_proc(tmp_path))
+    hook.peers = netlink.PeerCount("vxlan", proc=fake_proc(tmp_path, thresholds=(16, 32, 50), entries=(50, 0)))
     ctx = _ctx(tmp_path)
     with caplog.at_level(logging.WARNING):
         hook._count_peers("replace", _leases(1, 30), {}, ctx)         # 30 ARP entries: quiet
@@ -72,7 +60,7 @@ def test_the_shell_vxlan_recipe_warns_once_too(caplog, tmp_path):
     hook = ShellHook.from_config(config)
     assert "subnet_add" in hook.commands
     hook.commands = {**hook.commands, "subnet_add": "true", "subnet_remove": "true"}
-    hook.peers = netlink.PeerCount("SubnetAddCommand", proc=fake_proc(tmp_path, gc_thresh3=8, entries=3))
+    hook.peers = netlink.PeerCount("SubnetAddCommand", proc=fake_proc(tmp_path, thresholds=(2, 4, 8), entries=(3, 0)))
     ctx = _ctx(tmp_path)
     with caplog.at_level(logging.WARNING):
         hook.subnet_add_batch(_leases(1, 5), ctx)        # 5 < 6
