@@ -23,6 +23,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from flannel_ext import BatchError, Hook, HookContext, RemoteLease, TemporaryError
 from flannel_ext._util import rtnl
 from flannel_ext._util.neigh import NeighTable, PeerCount, read_table as neigh_table
+from flannel_ext._util.rtnl import F_ACK, F_CREATE, F_REPLACE, F_REQUEST, NETLINK_EXT_ACK, NETLINK_ROUTE, \
+    NLMSG_ERROR, SOL_NETLINK
 from flannel_ext._util.rtnl import Link, addr_del, addr_replace, addresses, link_add_vxlan, link_del, \
     link_get, link_set
 
@@ -32,12 +34,8 @@ __all__ = ["Batch", "BatchedRecipe", "Link", "NetlinkFailure", "OnLink", "addr_d
            "PeerCount",
            "on_link", "raise_failures"]
 
-NETLINK_ROUTE, SOL_NETLINK = 0, 270
-NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NETLINK_CAP_ACK = 10
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 26, 28, 29
-F_REQUEST, F_ACK, F_REPLACE, F_CREATE = 0x1, 0x4, 0x100, 0x400
-F_CAPPED, F_ACK_TLVS = 0x100, 0x200   # flags of an error reply (echo trimmed / TLVs follow)
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 3, 0, 255, 1
 RTNH_F_ONLINK = 0x4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -48,14 +46,12 @@ AF_BRIDGE = 7
 # Deleting something that is already gone is success: removal must be idempotent.
 _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
-_HDR = struct.Struct("=IHHII")        # nlmsghdr: len, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NDMSG = struct.Struct("=BBHiHBB")    # family, pad, pad, ifindex, state, flags, type
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+_attr = rtnl.attr
+_HDR = rtnl.HDR
 
 
 def _u32(kind: int, value: int) -> bytes:
@@ -193,28 +189,11 @@ def _read_errors(sock: socket.socket, last_seq: int) -> Iterable[tuple[int, int,
             length, kind, flags, seq, _pid = _HDR.unpack_from(data, offset)
             if kind == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, offset + 16)
-                detail = _ext_ack(data[offset:offset + length], flags) if code else ""
+                detail = rtnl.ext_ack(data[offset:offset + length], flags) if code else ""
                 yield seq, -code, detail
                 if seq == last_seq:
                     return
             offset += max((length + 3) & ~3, _HDR.size)
-
-
-def _ext_ack(msg: bytes, flags: int) -> str:
-    """The NLMSGERR_ATTR_MSG string of an error reply, if the kernel attached one."""
-    if not flags & F_ACK_TLVS:
-        return ""
-    # header(16) + error(4) + the echoed request: its header only when capped
-    (echoed,) = struct.unpack_from("=I", msg, 20)
-    offset = 20 + (_HDR.size if flags & F_CAPPED else (echoed + 3) & ~3)
-    while offset + 4 <= len(msg):
-        alen, akind = struct.unpack_from("=HH", msg, offset)
-        if alen < 4:
-            break
-        if akind == 1:
-            return msg[offset + 4:offset + alen].rstrip(b"\0").decode(errors="replace")
-        offset += (alen + 3) & ~3
-    return ""
 
 
 def ifindex(name: str) -> int | None:

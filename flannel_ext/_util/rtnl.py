@@ -19,6 +19,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 F_REQUEST, F_ACK, F_DUMP, F_REPLACE, F_EXCL, F_CREATE = 0x1, 0x4, 0x300, 0x100, 0x200, 0x400
+F_CAPPED, F_ACK_TLVS = 0x100, 0x200   # flags of an error reply (echo trimmed / TLVs follow)
 NLA_F_NESTED = 0x8000
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
@@ -62,16 +63,21 @@ def _socket() -> socket.socket:
     return sock
 
 
+def ext_ack(msg: bytes, flags: int) -> str:
+    """The kernel's explanation (NLMSGERR_ATTR_MSG) in error reply `msg` (header first), or ""."""
+    if not flags & F_ACK_TLVS:
+        return ""
+    # header(16) + error(4) + the echoed request: its header only when capped
+    (echoed,) = struct.unpack_from("=I", msg, 20)
+    start = 20 + (HDR.size if flags & F_CAPPED else (echoed + 3) & ~3)
+    return parse_attrs(msg, start).get(1, b"").rstrip(b"\0").decode(errors="replace")
+
+
 def _error(data: bytes, offset: int, length: int, flags: int) -> OSError | None:
     (code,) = struct.unpack_from("=i", data, offset + 16)
     if not code:
         return None
-    detail = ""
-    if flags & 0x200:                      # NLM_F_ACK_TLVS: the kernel explained itself
-        (echoed,) = struct.unpack_from("=I", data, offset + 20)
-        start = offset + 20 + (HDR.size if flags & 0x100 else (echoed + 3) & ~3)
-        text = parse_attrs(data[start:offset + length]).get(1, b"")
-        detail = text.rstrip(b"\0").decode(errors="replace")
+    detail = ext_ack(data[offset:offset + length], flags)
     return OSError(-code, os.strerror(-code) + (f" ({detail})" if detail else ""))
 
 
